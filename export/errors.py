@@ -1,0 +1,35 @@
+"""Errors of the deployment side (torch-free, importable on the device).
+
+Same convention as ``mutualnet.errors``: ``exit_code`` 2 for bad input from
+the user, 1 for failures; every message says what to do.
+"""
+
+from __future__ import annotations
+
+
+class ExportError(Exception):
+    """Base class of deployment-side errors (exit code 1)."""
+
+    exit_code = 1
+
+
+class ExportUsageError(ExportError):
+    """Bad input to an export/deploy command (exit code 2)."""
+
+    exit_code = 2
+
+
+class ProfileError(ExportUsageError):
+    """A deploy profile file is invalid; the message names the file and key."""
+
+
+class ManifestError(ExportError):
+    """A manifest is invalid, tampered with, escapes its directory, or is stale."""
+
+
+class ParityError(ExportError):
+    """An exported artifact does not compute what the supernet computes."""
+
+
+class BackendUnavailableError(ExportError):
+    """An optional runtime package (tensorrt, onnxruntime) is missing; says how to install it."""

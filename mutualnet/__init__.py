@@ -1,0 +1,3 @@
+"""mutualnet: MutualNet training over width and resolution, and subnet deployment."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,57 @@
+"""The ``mutualnet`` command: a Click group of thin commands, one module per area.
+
+Commands parse, call the library, print. Errors of the project's two families
+(``mutualnet.errors`` and ``export.errors``) become one line on stderr and exit 2
+(usage) or 1 (failure), never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from export.errors import ExportError
+
+from ..errors import MutualNetError
+
+
+class _ProjectError(click.ClickException):
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.exit_code = int(getattr(error, "exit_code", 1))
+
+    def format_message(self) -> str:
+        return self.message
+
+
+class MutualNetGroup(click.Group):
+    """A group that turns the project's exceptions into one-line errors with exit 1/2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (MutualNetError, ExportError) as e:
+            raise _ProjectError(e) from e
+
+
+@click.group(cls=MutualNetGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mutualnet")
+def cli() -> None:
+    """Train one slimmable network with MutualNet and deploy its subnets."""
+
+
+def _register() -> None:
+    from . import info
+
+    for module in (info,):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_register()
+
+
+def main() -> None:
+    sys.exit(cli.main(prog_name="mutualnet"))
