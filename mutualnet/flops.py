@@ -12,8 +12,14 @@ from dataclasses import dataclass
 
 import torch
 
-from .slimmable import GlobalAvgPool, SlimBatchNorm2d, SlimConv2d, SlimLinear, SlimmableNet, \
-    spatial_size
+from .slimmable import (
+    GlobalAvgPool,
+    SlimBatchNorm2d,
+    SlimConv2d,
+    SlimLinear,
+    SlimmableNet,
+    spatial_size,
+)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -115,6 +115,24 @@ class Slimmable:
     def plan_entry(self, width: float) -> tuple[int, int]:
         return min(self.in_ch.at(width), self.in_alloc), min(self.out_ch.at(width), self.out_alloc)
 
+    def _sliced(self, make: Callable[[], tuple[torch.Tensor | None, ...]],
+                anchor: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """The active slices of this layer's tensors; cached while no gradient is recorded.
+
+        Slicing costs a few microseconds per tensor, which dominates small subnets at
+        batch 1. Without autograd the views are reused until the active channels or the
+        parameter storage (``.to()``, ``load_state_dict(assign=True)``) change; in-place
+        updates are seen through the views.
+        """
+        if torch.is_grad_enabled():
+            return make()
+        key = (self.active_in, self.active_out, anchor.data_ptr(), anchor.device)
+        cache = self.__dict__.get("_slice_cache")
+        if cache is None or cache[0] != key:
+            cache = (key, make())
+            self.__dict__["_slice_cache"] = cache
+        return cache[1]
+
 
 class SlimConv2d(nn.Conv2d, Slimmable):
     """Conv2d whose leading ``active_out`` filters over ``active_in`` inputs are used.
@@ -155,24 +173,25 @@ class SlimConv2d(nn.Conv2d, Slimmable):
     def out_path(self) -> Path:
         return (*self.path, self.spatial)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _active_params(self) -> tuple[torch.Tensor | None, ...]:
         i, o = self.active_in, self.active_out
         weight = self.weight
-        if self.depthwise:
-            if o != self.out_channels:
-                weight = weight[:o]
-            groups = o
-        else:
-            if o != self.out_channels or i != self.in_channels:
-                weight = weight[:o, :i]
-            groups = 1
-        bias = None if self.bias is None else self.bias[:o]
+        if self.depthwise and o != self.out_channels:
+            weight = weight[:o]
+        elif not self.depthwise and (o != self.out_channels or i != self.in_channels):
+            weight = weight[:o, :i]
+        return weight, None if self.bias is None else self.bias[:o]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self._sliced(self._active_params, self.weight)
+        groups = self.active_out if self.depthwise else 1
         if self.tf_same:
             k, s = self.spatial.k, self.spatial.s
             top, bottom = _tf_same_pads(x.shape[-2], k, s)
             left, right = _tf_same_pads(x.shape[-1], k, s)
             if top or bottom or left or right:
                 x = F.pad(x, (left, right, top, bottom))
+        assert weight is not None
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
 
 
@@ -188,8 +207,14 @@ class SlimBatchNorm2d(nn.BatchNorm2d, Slimmable):
         super().__init__(ch.at(max_width))
         self._init_slim(ch, ch, max_width, path)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _active_params(self) -> tuple[torch.Tensor | None, ...]:
         c = self.active_out
+        if c == self.num_features:
+            return self.running_mean, self.running_var, self.weight, self.bias
+        return tuple(None if t is None else t[:c] for t in
+                     (self.running_mean, self.running_var, self.weight, self.bias))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         factor = 0.0
         if self.training and self.track_running_stats:
             assert self.num_batches_tracked is not None
@@ -197,11 +222,7 @@ class SlimBatchNorm2d(nn.BatchNorm2d, Slimmable):
             factor = (
                 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
             )
-        full = c == self.num_features
-        rm = self.running_mean if full or self.running_mean is None else self.running_mean[:c]
-        rv = self.running_var if full or self.running_var is None else self.running_var[:c]
-        weight = self.weight if full else self.weight[:c]
-        bias = self.bias if full else self.bias[:c]
+        rm, rv, weight, bias = self._sliced(self._active_params, self.weight)
         use_batch_stats = self.training or rm is None
         return F.batch_norm(x, rm, rv, weight, bias, use_batch_stats, factor, self.eps)
 
@@ -215,9 +236,13 @@ class SlimLinear(nn.Linear, Slimmable):
         super().__init__(in_ch.at(max_width), out_features, bias=bias)
         self._init_slim(in_ch, out_ch, max_width, ())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _active_params(self) -> tuple[torch.Tensor | None, ...]:
         i = self.active_in
-        weight = self.weight if i == self.in_features else self.weight[:, :i]
+        return (self.weight if i == self.in_features else self.weight[:, :i]),
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (weight,) = self._sliced(self._active_params, self.weight)
+        assert weight is not None
         return F.linear(x, weight, self.bias)
 
 
@@ -245,6 +270,7 @@ class SlimmableNet(nn.Module):
     max_width: float
     width_range: tuple[float, float]
     resolutions: tuple[int, ...]
+    model_name: str
     _PLAN_CACHE = 64
 
     def finalize(self) -> None:

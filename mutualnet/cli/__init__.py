@@ -20,7 +20,7 @@ from ..errors import MutualNetError
 class _ProjectError(click.ClickException):
     def __init__(self, error: Exception) -> None:
         super().__init__(str(error))
-        self.exit_code = int(getattr(error, "exit_code", 1))
+        self.exit_code = int(getattr(error, "exit_code", 1))  # type: ignore[misc]
 
     def format_message(self) -> str:
         return self.message

@@ -10,8 +10,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..slimmable import Ch, GlobalAvgPool, Path, SlimBatchNorm2d, SlimConv2d, SlimLinear, \
-    SlimmableNet, make_divisible
+from ..slimmable import (
+    Ch,
+    GlobalAvgPool,
+    Path,
+    SlimBatchNorm2d,
+    SlimConv2d,
+    SlimLinear,
+    SlimmableNet,
+    make_divisible,
+)
 from ._blocks import ConvBNAct, init_weights
 from .registry import register_model
 

@@ -10,8 +10,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..slimmable import Ch, GlobalAvgPool, Path, SlimBatchNorm2d, SlimConv2d, SlimLinear, \
-    SlimmableNet, Spatial
+from ..slimmable import (
+    Ch,
+    GlobalAvgPool,
+    Path,
+    SlimBatchNorm2d,
+    SlimConv2d,
+    SlimLinear,
+    SlimmableNet,
+    Spatial,
+)
 from ._blocks import init_weights
 from .registry import register_model
 

@@ -12,8 +12,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UsageError
-from ..slimmable import Ch, GlobalAvgPool, Path, SlimBatchNorm2d, SlimConv2d, SlimLinear, \
-    SlimmableNet
+from ..slimmable import (
+    Ch,
+    GlobalAvgPool,
+    Path,
+    SlimBatchNorm2d,
+    SlimConv2d,
+    SlimLinear,
+    SlimmableNet,
+)
 from ._blocks import init_weights
 from .registry import register_model
 
