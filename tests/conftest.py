@@ -28,3 +28,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
         if "slow" in item.keywords and not run_slow:
             item.add_marker(pytest.mark.skip(reason="slow test: run with -m slow"))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
+    """A checkpoint of tiny_mobilenet trained with MutualNet for 2 short epochs (64 steps of
+    64 images, 2048 training images) on the bundled CIFAR-10 subset.
+
+    Returns the ``.safetensors`` path; its run dir also holds the training state. Accuracy
+    is low (about 20-25% top-1 at width 1.0, BN calibrated) but above chance (10%).
+    """
+    import torch
+
+    from mutualnet.config import TrainConfig
+    from mutualnet.train import train
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny model is faster single-threaded on a busy CPU
+    try:
+        cfg = TrainConfig(num_epochs=2, batch_size=64, lr=0.2, max_train_images=2048,
+                          eval_each_epoch=False, device="cpu")
+        result = train(cfg, out, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return result.checkpoint

@@ -43,9 +43,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from . import info
+    from . import deploy, export, info, train, weights
 
-    for module in (info,):
+    for module in (info, weights, export, train, deploy):
         for command in module.COMMANDS:
             cli.add_command(command)
 

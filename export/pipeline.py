@@ -1,0 +1,502 @@
+"""Export a grid of subnets from a checkpoint, end to end.
+
+For every (width, resolution) pair: calibrate BN for the pair (SPEC 4) -> slice into a plain
+model (BN folded) -> save ``weights.safetensors`` + ``arch.json`` -> export ``model.onnx``
+(checked) -> parity on held-out real images (sliced model and each ONNX Runtime backend
+against the supernet) -> one manifest entry. Then ``parity.md``, ``parity.json`` and
+``manifest.json``.
+
+Everything is written into a temporary directory next to the output directory and moved
+into place only when complete: a crash, Ctrl-C or a full disk leaves no half-written
+export (and with ``force`` the previous export stays intact until the new one is whole).
+Subnets that fail parity are kept, marked ``"status": "parity_failed"`` in the manifest,
+and reported in :attr:`ExportReport.failed` (the CLI then exits 1).
+
+```python
+from export.pipeline import ExportOptions, export_checkpoint
+report = export_checkpoint("runs/tiny_mobilenet", "deploy/tiny",
+                           ExportOptions(widths=(0.25, 0.5, 1.0), resolutions=(32, 24)))
+print(report.table)
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ExportError, ExportUsageError
+from .manifest import SCHEMA_VERSION, file_entry, subnet_id, utc_now, write_manifest
+from .onnx_export import DEFAULT_EXPORTER, EXPORTERS, INPUT_NAME, OUTPUT_NAME, export_onnx
+from .parity import (
+    ParityGate,
+    ParityResult,
+    TorchRunner,
+    available_backends,
+    collect,
+    compare,
+    make_runner,
+    top1_percent,
+)
+from .profiles import DeployProfile, load_profile
+
+PARITY_MD = "parity.md"
+PARITY_JSON = "parity.json"
+SUBNETS_DIR = "subnets"
+SLICED = "pytorch_sliced"  # parity key of the sliced plain model vs the supernet
+
+Pair = tuple[float, int]
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What to export and how; ``None`` fields fall back on the checkpoint's config."""
+
+    widths: tuple[float, ...] | None = None  # None: config.width_mult_list or the range ends
+    resolutions: tuple[int, ...] | None = None  # None: the model's resolution list
+    pairs: tuple[Pair, ...] | None = None  # explicit pairs instead of widths x resolutions
+    profile: str | None = None  # deploy profile name or .yml path (None: "cpu")
+    calib_images: int | None = None  # None: config.calib_images; 0: keep stored BN stats
+    eval_images: int = 500  # held-out images for parity and accuracy
+    batch_size: int = 256
+    data: str | None = None  # override the checkpoint's data (see resolve_data_spec)
+    force: bool = False  # replace an existing non-empty output directory
+    exporter: str = DEFAULT_EXPORTER
+    device: str = "cpu"  # where BN calibration runs; parity always runs on the CPU
+    progress: bool = True
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SubnetReport:
+    """The outcome for one (width, resolution) pair."""
+
+    id: str
+    width: float
+    resolution: int
+    macs: int
+    params: int
+    parity: Mapping[str, ParityResult]
+    accuracy: Mapping[str, float | None]
+    timings: Mapping[str, float]
+    files: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(p.passed for p in self.parity.values())
+
+    @property
+    def status(self) -> str:
+        return "ok" if self.passed else "parity_failed"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "width": self.width, "resolution": self.resolution,
+                "macs": self.macs, "params": self.params, "status": self.status,
+                "accuracy": dict(self.accuracy),
+                "parity": {k: v.to_dict() for k, v in self.parity.items()},
+                "timings_s": {k: round(v, 4) for k, v in self.timings.items()}}
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What :func:`export_checkpoint` wrote."""
+
+    out_dir: Path
+    manifest: Path
+    subnets: tuple[SubnetReport, ...]
+    seconds: float
+    table: str
+
+    @property
+    def failed(self) -> list[str]:
+        return [s.id for s in self.subnets if not s.passed]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+# --------------------------------------------------------------------------- validation
+def check_output_dir(out: Path, *, force: bool) -> None:
+    """Usage error for an existing non-empty ``out`` without ``force`` (or a file there)."""
+    if out.exists() and not out.is_dir():
+        raise ExportUsageError(f"output path {out} exists and is not a directory; pick "
+                               "another --out")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ExportUsageError(f"output directory {out} exists and is not empty; pass "
+                               "--force to replace it or pick another --out")
+
+
+def plan_grid(model: Any, *, widths: Sequence[float] | None = None,
+              resolutions: Sequence[int] | None = None,
+              pairs: Sequence[Pair] | None = None,
+              default_widths: Sequence[float] | None = None) -> list[Pair]:
+    """The (width, resolution) pairs to export, validated against the trained model.
+
+    ``pairs`` wins over ``widths`` x ``resolutions``; missing widths default to
+    ``default_widths`` (else the ends of the width range), resolutions to the model's list.
+    Duplicates are dropped; order is kept.
+    """
+    lo, hi = (float(v) for v in model.width_range)
+    if pairs:
+        grid = [(float(w), int(r)) for w, r in pairs]
+    else:
+        ws = list(widths or default_widths or (lo, hi))
+        rs = list(resolutions or model.resolutions)
+        grid = [(float(w), int(r)) for w in ws for r in rs]
+    min_r = model.min_resolution()
+    for w, r in grid:
+        if not math.isfinite(w) or w < lo - 1e-9 or w > hi + 1e-9:
+            raise ExportUsageError(f"width {w:g} is outside the trained width range "
+                                   f"[{lo:g}, {hi:g}] of this checkpoint; pick widths inside it")
+        if r < min_r:
+            raise ExportUsageError(f"resolution {r} is below the model's minimum of {min_r} px "
+                                   "(its total stride); pick larger resolutions")
+    return list(dict.fromkeys(grid))
+
+
+def parse_pairs(text: str) -> tuple[Pair, ...]:
+    """``"0.25@128,1.0@224"`` -> ((0.25, 128), (1.0, 224)); usage error on bad items."""
+    out = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        w, sep, r = item.partition("@")
+        try:
+            if not sep:
+                raise ValueError
+            out.append((float(w), int(r)))
+        except ValueError:
+            raise ExportUsageError(f"bad pair {item!r}: write WIDTH@RESOLUTION, e.g. "
+                                   "0.25@128,1.0@224") from None
+    if not out:
+        raise ExportUsageError("--pairs needs at least one WIDTH@RESOLUTION")
+    return tuple(out)
+
+
+def resolve_data_spec(config: Any, data: str | None) -> Any:
+    """The data to calibrate and check on: the config's, or ``data`` instead.
+
+    ``data`` is a data set name (``cifar10_bundled``), ``NAME:PATH`` (``npz:/d/x.npz``,
+    ``imagefolder:/d/imagenet``), a ``.npz`` file, or a folder (read as the config's data set
+    kind when that takes a folder, else as an ImageFolder root).
+    """
+    from mutualnet.data import DATASETS
+
+    spec = config.data_spec()
+    if not data:
+        return spec
+    name, sep, root = data.partition(":")
+    if sep and name in DATASETS:
+        return dataclasses.replace(spec, dataset=name, root=root or None)
+    if data in DATASETS:
+        return dataclasses.replace(spec, dataset=data, root=None)
+    path = Path(data).expanduser()
+    if not path.exists():
+        raise ExportUsageError(f"--data {data}: no such file or folder, and not a data set name "
+                               f"({', '.join(DATASETS)}); give NAME, NAME:PATH, a .npz or a "
+                               "folder")
+    if path.is_file():
+        return dataclasses.replace(spec, dataset="npz", root=str(path))
+    kind = spec.dataset if spec.dataset in ("cifar10", "cifar100", "imagefolder") \
+        else "imagefolder"
+    return dataclasses.replace(spec, dataset=kind, root=str(path))
+
+
+# --------------------------------------------------------------------------- the pipeline
+@dataclass
+class _Context:
+    """Per-run state the subnet loop shares (not part of the public API)."""
+
+    model: Any
+    config: Any
+    profile: DeployProfile
+    options: ExportOptions
+    train: Any
+    eval_x: list[Any]
+    eval_y: np.ndarray
+    backends: list[str]
+    calib_images: int
+    classes: tuple[str, ...]
+    data_spec: Any
+
+
+def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+                      options: ExportOptions = ExportOptions()) -> ExportReport:
+    """Export the grid ``options`` describes from ``checkpoint`` into ``out_dir``."""
+    from mutualnet.checkpoint import load_checkpoint
+
+    start = time.perf_counter()
+    out = Path(out_dir).expanduser()
+    check_output_dir(out, force=options.force)
+    if options.exporter not in EXPORTERS:
+        raise ExportUsageError(f"unknown exporter {options.exporter!r}; use one of "
+                               f"{', '.join(EXPORTERS)}")
+    if options.eval_images < 1 or options.batch_size < 1:
+        raise ExportUsageError("--eval-images and the batch size must be at least 1")
+    if options.calib_images is not None and options.calib_images < 0:
+        raise ExportUsageError("--calib-images must be >= 0 (0 keeps the stored BN statistics)")
+    profile = load_profile(options.profile)
+    ckpt = load_checkpoint(checkpoint, map_location="cpu")
+    model, config = ckpt.model.eval(), ckpt.config
+    grid = plan_grid(model, widths=options.widths, resolutions=options.resolutions,
+                     pairs=options.pairs, default_widths=config.width_mult_list)
+    ctx = _prepare(model, config, profile, options)
+    classes = list(ckpt.classes or ctx.classes)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _staging(out) as tmp:
+        reports = [_export_one(ctx, tmp, w, r)
+                   for w, r in _progress(grid, options.progress, config.model)]
+        reports.sort(key=lambda s: (s.macs, s.width, s.resolution))
+        table = parity_table(reports)
+        files = _write_reports(tmp, reports, table, ckpt, profile)
+        doc = _manifest(config, model, classes, ckpt, profile, ctx, reports, files)
+        manifest = write_manifest(tmp, doc)
+        _install(tmp, out, force=options.force)
+    return ExportReport(out, out / manifest.name, tuple(reports),
+                        time.perf_counter() - start, table)
+
+
+def _prepare(model: Any, config: Any, profile: DeployProfile,
+             options: ExportOptions) -> _Context:
+    from mutualnet.data import load_data
+
+    spec = resolve_data_spec(config, options.data)
+    calib = config.calib_images if options.calib_images is None else options.calib_images
+    train = load_data(spec, "train") if calib > 0 else None
+    val = load_data(dataclasses.replace(spec, max_images=options.eval_images), "val")
+    num_classes = model_num_classes(model)
+    if val.num_classes > num_classes:
+        raise ExportUsageError(f"the data has {val.num_classes} classes but the model "
+                               f"predicts {num_classes}; pass the --data it was trained on")
+    xs, ys = [], []
+    for x, y in val.batches(options.batch_size, augment=False, shuffle=False,
+                            limit=options.eval_images):
+        xs.append(x.float().cpu())
+        ys.append(y.cpu().numpy())
+    return _Context(model, config, profile, options, train, xs, np.concatenate(ys),
+                    available_backends(profile.ort_providers), calib, tuple(val.classes), spec)
+
+
+def model_num_classes(model: Any) -> int:
+    from torch import nn
+
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return int(linears[-1].out_features)
+
+
+def _progress(grid: list[Pair], enabled: bool, name: str) -> Iterator[Pair]:
+    from tqdm import tqdm
+
+    bar = tqdm(grid, desc=f"export {name}", unit="subnet", file=sys.stderr,
+               disable=not enabled, dynamic_ncols=True)
+    for w, r in bar:
+        bar.set_postfix_str(subnet_id(w, r))
+        yield w, r
+
+
+def _gate(profile: DeployProfile, backend: str) -> ParityGate:
+    """fp32 elementwise gate, except ORT's TensorRT provider (TF32 inside): agreement gate."""
+    return ParityGate.from_profile(profile, precision="tf32" if backend.endswith("tensorrt")
+                                   else "fp32")
+
+
+def _export_one(ctx: _Context, tmp: Path, width: float, resolution: int) -> SubnetReport:
+    import torch
+
+    from mutualnet.calibrate import calibrate_bn
+    from mutualnet.data import resize_to
+    from mutualnet.flops import count
+
+    from .slicing import save_subnet, slice_subnet
+
+    opts, model = ctx.options, ctx.model
+    sid = subnet_id(width, resolution)
+    t: dict[str, float] = {}
+    clock = time.perf_counter()
+    if ctx.calib_images > 0:
+        model.to(opts.device)
+        calibrate_bn(model, width, resolution, ctx.train, num_images=ctx.calib_images,
+                     batch_size=ctx.config.calib_batch_size, device=opts.device, seed=opts.seed)
+        model.to("cpu")
+    model.eval()
+    t["calibrate"], clock = _lap(clock)
+    sliced = slice_subnet(model, width, resolution, model_kwargs=ctx.config.model_kwargs)
+    t["slice"], clock = _lap(clock)
+    sub_dir = tmp / SUBNETS_DIR / sid
+    weights, arch = save_subnet(sliced, sub_dir)
+    onnx_info = export_onnx(sliced.module, resolution, sub_dir / "model.onnx",
+                            exporter=opts.exporter)
+    t["save_and_onnx"], clock = _lap(clock)
+    with torch.no_grad():
+        batches = [resize_to(x, resolution).contiguous().numpy() for x in ctx.eval_x]
+    labels = ctx.eval_y
+    reference = collect(TorchRunner(model, width=width), batches)
+    fp32 = _gate(ctx.profile, "pytorch")
+    sliced_logits = collect(TorchRunner(sliced.module, name=SLICED), batches)
+    parity = {SLICED: compare(reference, sliced_logits, labels, gate=fp32, backend=SLICED)}
+    accuracy: dict[str, float | None] = {"pytorch": top1_percent(reference, labels)}
+    for backend in ctx.backends:
+        logits = collect(make_runner(backend, onnx_info.path), batches)
+        parity[backend] = compare(reference, logits, labels, gate=_gate(ctx.profile, backend),
+                                  backend=backend)
+        accuracy[backend] = parity[backend].top1
+    t["parity"], clock = _lap(clock)
+    cost = count(model, width, resolution)
+    files = {"onnx": file_entry(tmp, onnx_info.path), "weights": file_entry(tmp, weights),
+             "arch": file_entry(tmp, arch)}
+    t["total"] = sum(t.values())
+    return SubnetReport(sid, float(width), int(resolution), int(cost.macs), int(cost.params),
+                        parity, accuracy, t, files)
+
+
+def _lap(clock: float) -> tuple[float, float]:
+    now = time.perf_counter()
+    return now - clock, now
+
+
+# --------------------------------------------------------------------------- reports
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def parity_table(reports: Sequence[SubnetReport]) -> str:
+    """Markdown table: subnet, MACs, PyTorch top-1, ORT top-1, agreement, max diffs, result."""
+    from mutualnet.flops import human
+
+    head = ("| subnet | MACs | PyTorch top-1 | ORT top-1 | agreement | max diff ORT | "
+            "max diff sliced | time s | result |")
+    lines = [head, "|" + "---|" * 9]
+    for s in reports:
+        ort = s.parity.get("onnxruntime")
+        sl = s.parity.get(SLICED)
+        failed = [k for k, p in s.parity.items() if not p.passed]
+        result = "pass" if not failed else "FAIL (" + ", ".join(failed) + ")"
+        lines.append(
+            f"| {s.id} | {human(s.macs)} | {_fmt(s.accuracy.get('pytorch'), '.2f')} | "
+            f"{_fmt(ort.top1 if ort else None, '.2f')} | "
+            f"{_fmt(100 * ort.top1_agreement if ort else None, '.1f')}% | "
+            f"{_fmt(ort.max_abs_diff if ort else None, '.2e')} | "
+            f"{_fmt(sl.max_abs_diff if sl else None, '.2e')} | "
+            f"{s.timings.get('total', 0.0):.2f} | {result} |")
+    return "\n".join(lines)
+
+
+def _write_reports(tmp: Path, reports: Sequence[SubnetReport], table: str, ckpt: Any,
+                   profile: DeployProfile) -> dict[str, dict[str, Any]]:
+    images = reports[0].parity[SLICED].images if reports else 0
+    gate = ParityGate.from_profile(profile, precision="fp32")
+    md = (f"# Parity: {ckpt.config.model} from {ckpt.path.name}\n\n"
+          f"Held-out images: {images}; reference: the supernet at each (w, r) with BN "
+          f"calibrated for it; gate: max abs logit diff <= {gate.max_abs_diff:g} (fp32). "
+          f"Profile: {profile.name}.\n\n{table}\n")
+    doc = {"model": ckpt.config.model, "checkpoint": ckpt.path.name,
+           "checkpoint_sha256": ckpt.sha256, "profile": profile.name, "images": images,
+           "gate": dataclasses.asdict(gate), "created": utc_now(),
+           "subnets": [s.to_dict() for s in reports]}
+    (tmp / PARITY_MD).write_text(md)
+    (tmp / PARITY_JSON).write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
+    return {"parity_md": file_entry(tmp, tmp / PARITY_MD),
+            "parity_json": file_entry(tmp, tmp / PARITY_JSON)}
+
+
+def _manifest(config: Any, model: Any, classes: list[str], ckpt: Any, profile: DeployProfile,
+              ctx: _Context, reports: Sequence[SubnetReport],
+              files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    from mutualnet import __version__
+    from mutualnet.data import preprocessing
+
+    num_classes = model_num_classes(model)
+    subnets = []
+    for s in reports:
+        n = s.parity[SLICED].images
+        subnets.append({
+            "id": s.id, "width": s.width, "resolution": s.resolution, "macs": s.macs,
+            "params": s.params,
+            "input": {"name": INPUT_NAME, "shape": ["N", 3, s.resolution, s.resolution],
+                      "dtype": "float32"},
+            "output": {"name": OUTPUT_NAME, "shape": ["N", num_classes], "dtype": "float32"},
+            "files": {k: dict(v) for k, v in s.files.items()},
+            "accuracy": {k: {"top1": None if v is None else round(v, 4), "images": n}
+                         for k, v in s.accuracy.items()},
+            "parity": {k: v.manifest_entry() for k, v in s.parity.items()},
+            "engines": [], "latency": {}, "status": s.status,
+        })
+    return {
+        "schema_version": SCHEMA_VERSION, "created": utc_now(),
+        "generator": f"mutualnet {__version__}",
+        "model": {"name": config.model, "num_classes": num_classes, "classes": classes,
+                  "width_range": [float(v) for v in model.width_range],
+                  "model_kwargs": dict(config.model_kwargs)},
+        "source_checkpoint": {"file": ckpt.path.name, "sha256": ckpt.sha256},
+        "preprocessing": preprocessing(ctx.data_spec),
+        "profile": profile.to_dict(),
+        "selection": {"order": "macs", "policy": "most_accurate_within_budget"},
+        "files": files,
+        "subnets": subnets,
+    }
+
+
+# --------------------------------------------------------------------------- staging
+@contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A temporary directory beside ``out``; removed on any failure (nothing half-written)."""
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as e:
+        raise ExportError(f"cannot create a working directory in {out.parent}: "
+                          f"{e.strerror or e}; check the path and permissions") from None
+    try:
+        yield tmp
+    except OSError as e:
+        hint = " (disk full: free space and retry)" if e.errno in (errno.ENOSPC, errno.EDQUOT) \
+            else ""
+        raise ExportError(f"export failed while writing: {e.strerror or e}{hint}; nothing was "
+                          f"written to {out}") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _default_modes(root: Path) -> None:
+    """Temp files are created 0600 and temp dirs 0700: give them the usual umask modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    root.chmod(0o777 & ~umask)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            (Path(dirpath) / d).chmod(0o777 & ~umask)
+        for f in filenames:
+            (Path(dirpath) / f).chmod(0o666 & ~umask)
+
+
+def _install(tmp: Path, out: Path, *, force: bool) -> None:
+    """Move the finished ``tmp`` to ``out`` (replacing it when ``force``)."""
+    _default_modes(tmp)
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    check_output_dir(out, force=force)  # something appeared meanwhile and no --force
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

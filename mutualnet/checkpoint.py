@@ -1,0 +1,372 @@
+"""Checkpoints: weights in safetensors with the resolved config, training state beside them.
+
+A run directory holds
+
+- ``checkpoint.safetensors``: the model's state dict by key, with string metadata: the
+  format tag, the model name, class count, width range, the full resolved config (JSON),
+  step, epoch, and optional class names / extra JSON;
+- ``checkpoint.state.pt``: optimizer, scheduler and RNG states plus step/epoch and the
+  sha256 of the weights file it belongs to. It holds only tensors and plain Python values
+  and is read with ``torch.load(weights_only=True)``: nothing arbitrary is ever unpickled.
+
+Both are written to a temporary file in the same directory and moved into place with
+:func:`os.replace`, so a crash never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .config import ConfigWarning, TrainConfig, config_from_dict
+from .errors import CheckpointError, ConfigError, UsageError
+from .slimmable import SlimmableNet
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+STATE_FILE = "checkpoint.state.pt"
+FORMAT = "mutualnet-checkpoint"
+FORMAT_VERSION = "1"
+
+
+class BadCheckpointError(CheckpointError, UsageError):
+    """The checkpoint the user named is missing, corrupt, or for another model (exit 2)."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded checkpoint: its model (weights in place, on ``map_location``) and metadata."""
+
+    path: Path
+    config: TrainConfig
+    model: SlimmableNet
+    step: int
+    epoch: int
+    sha256: str
+    classes: tuple[str, ...] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainingState:
+    """What ``--resume`` needs besides the weights (from ``checkpoint.state.pt``)."""
+
+    path: Path
+    step: int
+    epoch: int
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any] | None
+    rng: dict[str, Any]
+    weights_sha256: str
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+def build_model(config: TrainConfig) -> SlimmableNet:
+    """The model a config describes (random init; seed torch first for reproducibility)."""
+    from .models import create_model
+
+    try:
+        return create_model(config.model, num_classes=config.num_classes,
+                            width_range=config.width_mult_range, **config.model_kwargs)
+    except TypeError as e:
+        raise ConfigError(f"model {config.model!r} does not accept model_kwargs "
+                          f"{config.model_kwargs}: {e}") from None
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel / DataParallel / compiled wrapper."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve_checkpoint_path(path: str | os.PathLike[str]) -> Path:
+    """A run dir or a ``.safetensors`` file -> the weights file; missing => BadCheckpointError."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        f = p / CHECKPOINT_FILE
+        if not f.is_file():
+            raise BadCheckpointError(f"{p} holds no {CHECKPOINT_FILE}; give a run directory "
+                                     "written by `mutualnet train` or the .safetensors file")
+        return f
+    if not p.exists():
+        raise BadCheckpointError(f"checkpoint {p} does not exist; give a run directory or "
+                                 f"its {CHECKPOINT_FILE}")
+    return p
+
+
+@contextmanager
+def _atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temp path in ``target``'s directory; move it onto ``target`` on success."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# -- RNG state --------------------------------------------------------------------------------
+
+def capture_rng() -> dict[str, Any]:
+    """Global torch (CPU + CUDA), numpy and Python RNG states as tensors and plain values."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"name": str(np_state[0]), "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
+                  "cached_gaussian": float(np_state[4])},
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+
+
+def restore_rng(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+# -- save -------------------------------------------------------------------------------------
+
+def save_checkpoint(
+    out_dir: str | os.PathLike[str],
+    model: nn.Module,
+    config: TrainConfig,
+    *,
+    step: int = 0,
+    epoch: int = 0,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    extra_meta: dict[str, Any] | None = None,
+    classes: tuple[str, ...] | list[str] | None = None,
+    save_rng: bool = True,
+) -> Path:
+    """Write ``out_dir/checkpoint.safetensors`` (+ the training state if ``optimizer``); atomic.
+
+    Returns the path of the weights file. ``extra_meta`` must be JSON-serializable.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    net = unwrap(model)
+    if not isinstance(net, SlimmableNet):
+        raise TypeError("save_checkpoint needs a SlimmableNet (from create_model/build_model)")
+    if config.num_classes is None:
+        config = config.replace(num_classes=_num_classes(net, config))
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "generator": f"mutualnet {__version__}",
+        "model": config.model,
+        "num_classes": str(_num_classes(net, config)),
+        "width_range": json.dumps(list(config.width_mult_range or ())),
+        "model_kwargs": json.dumps(config.model_kwargs, sort_keys=True),
+        "config": config.to_json(),
+        "step": str(int(step)),
+        "epoch": str(int(epoch)),
+        "extra": json.dumps(extra_meta or {}, sort_keys=True),
+    }
+    if classes is not None:
+        meta["classes"] = json.dumps([str(c) for c in classes])
+    target = out / CHECKPOINT_FILE
+    with _atomic_path(target) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+        digest = sha256_file(tmp)
+    if optimizer is not None:
+        state = {
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "step": int(step), "epoch": int(epoch),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "rng": capture_rng() if save_rng else {},
+            "weights_sha256": digest,
+        }
+        with _atomic_path(out / STATE_FILE) as tmp:
+            torch.save(state, tmp)
+    return target
+
+
+def _num_classes(net: SlimmableNet, config: TrainConfig) -> int:
+    if config.num_classes is not None:
+        return config.num_classes
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features
+
+
+# -- load -------------------------------------------------------------------------------------
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The safetensors header metadata of a mutualnet checkpoint (no tensors are read)."""
+    from safetensors import safe_open
+
+    f = resolve_checkpoint_path(path)
+    try:
+        with safe_open(str(f), framework="pt") as handle:
+            meta = handle.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types and OSError
+        raise BadCheckpointError(f"{f} is not a readable safetensors checkpoint "
+                                 f"({_first_line(e)}); re-run training or re-copy the file") from None
+    if meta.get("format") != FORMAT:
+        raise BadCheckpointError(f"{f} is a safetensors file but not a mutualnet checkpoint "
+                                 "(no 'format: mutualnet-checkpoint' metadata); import foreign "
+                                 "weights with `mutualnet import-weights`")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise BadCheckpointError(f"{f} has checkpoint format version "
+                                 f"{meta.get('format_version')!r}; this mutualnet reads "
+                                 f"version {FORMAT_VERSION}")
+    return meta
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+def _config_from_meta(meta: Mapping[str, str], f: Path) -> TrainConfig:
+    import warnings
+
+    try:
+        raw = json.loads(meta["config"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConfigWarning)
+            return config_from_dict(raw, source=f"config stored in {f}")
+    except (KeyError, json.JSONDecodeError) as e:
+        raise BadCheckpointError(f"{f}: the stored config is missing or not JSON ({e}); "
+                                 "the file is corrupt") from None
+
+
+def load_checkpoint(path: str | os.PathLike[str], *,
+                    map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Load a checkpoint (a run dir or its ``.safetensors``) into a fresh model of its config."""
+    f = resolve_checkpoint_path(path)
+    meta = read_metadata(f)
+    config = _config_from_meta(meta, f)
+    model = build_model(config)
+    state = _read_tensors(f, map_location)
+    _load_state(model, state, f, config)
+    model.to(map_location)
+    classes = tuple(json.loads(meta["classes"])) if "classes" in meta else None
+    return Checkpoint(
+        path=f, config=config, model=model, step=int(meta.get("step", 0)),
+        epoch=int(meta.get("epoch", 0)), sha256=sha256_file(f), classes=classes,
+        extra=json.loads(meta.get("extra") or "{}"),
+    )
+
+
+def _read_tensors(f: Path, map_location: str | torch.device) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(f), device=str(map_location))
+    except Exception as e:
+        raise BadCheckpointError(f"{f}: cannot read the weights ({_first_line(e)}); the file is "
+                                 "corrupt or truncated: re-run training or re-copy it") from None
+
+
+def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], f: Path,
+                config: TrainConfig) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise BadCheckpointError(f"{f}: weights do not match model {config.model!r} ({what}); "
+                                 "the checkpoint is for another architecture")
+    for k, v in own.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise BadCheckpointError(
+                f"{f}: tensor {k!r} has shape {tuple(state[k].shape)}, model {config.model!r} "
+                f"expects {tuple(v.shape)}; the checkpoint is for another model or width range")
+    model.load_state_dict(state, strict=True)
+
+
+def check_compatible(config: TrainConfig, meta: Mapping[str, str], f: Path) -> None:
+    """Raise BadCheckpointError naming both sides if ``meta`` is for another model/class count."""
+    want_classes = config.num_classes
+    have_model, have_classes = meta.get("model"), int(meta.get("num_classes", "0"))
+    have_range = json.loads(meta.get("width_range", "[]"))
+    problems = []
+    if have_model != config.model:
+        problems.append(f"model {have_model!r} (config wants {config.model!r})")
+    if want_classes is not None and have_classes != want_classes:
+        problems.append(f"{have_classes} classes (config wants {want_classes})")
+    if have_range and config.width_mult_range is not None and \
+            float(have_range[1]) != float(config.max_width):
+        problems.append(f"max width {have_range[1]} (config wants {config.max_width})")
+    if problems:
+        raise BadCheckpointError(f"{f} is a checkpoint for " + ", ".join(problems)
+                                 + "; use a matching config or checkpoint")
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike[str], config: TrainConfig) -> Path:
+    """Load a checkpoint's weights into ``model`` (built from ``config``), checked by key.
+
+    A checkpoint for another model, class count or maximum width raises a
+    :class:`BadCheckpointError` naming both. Returns the weights file's path.
+    """
+    f = resolve_checkpoint_path(path)
+    meta = read_metadata(f)
+    check_compatible(config, meta, f)
+    net = unwrap(model)
+    device = next(iter(net.parameters())).device
+    _load_state(net, _read_tensors(f, "cpu"), f, config)
+    net.to(device)
+    return f
+
+
+def load_training_state(run: str | os.PathLike[str]) -> TrainingState:
+    """The optimizer/scheduler/RNG state saved beside a run's weights (``weights_only``)."""
+    f = resolve_checkpoint_path(run)
+    s = f.parent / STATE_FILE
+    if not s.is_file():
+        raise BadCheckpointError(f"{f.parent} has no {STATE_FILE}: it holds weights only and "
+                                 "cannot be resumed; start a new run (pretrained: PATH)")
+    try:
+        raw = torch.load(s, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise BadCheckpointError(f"{s}: cannot read the training state ({_first_line(e)}); "
+                                 "it is corrupt: start a new run or restore the file") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise BadCheckpointError(f"{s} is not a mutualnet training state file")
+    digest = sha256_file(f)
+    if raw.get("weights_sha256") != digest:
+        raise BadCheckpointError(f"{s} belongs to other weights than {f} (sha256 mismatch; an "
+                                 "interrupted save?); start a new run or restore both files")
+    return TrainingState(path=s, step=int(raw["step"]), epoch=int(raw["epoch"]),
+                         optimizer=raw["optimizer"], scheduler=raw.get("scheduler"),
+                         rng=raw.get("rng") or {}, weights_sha256=digest)

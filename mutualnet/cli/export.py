@@ -1,0 +1,74 @@
+"""``mutualnet export``: checkpoint -> standalone subnets, ONNX, parity table, manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ._params import FLOATS, INTS
+
+
+@click.command("export")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--widths", type=FLOATS, default=None,
+              help="Comma list of widths [default: the config's width list, else the range ends].")
+@click.option("--resolutions", type=INTS, default=None,
+              help="Comma list of input sides [default: the model's resolution list].")
+@click.option("--pairs", default=None, metavar="W@R,...",
+              help="Explicit pairs, e.g. 0.25@128,1.0@224 (instead of widths x resolutions).")
+@click.option("--profile", default=None, metavar="NAME_OR_PATH",
+              help="Deploy profile: a shipped name (cpu, jetson-orin-nano, ...) or a .yml file "
+                   "[default: cpu].")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output directory [default: CHECKPOINT's run directory /export].")
+@click.option("--calib-images", type=click.IntRange(min=0), default=None,
+              help="Training images per subnet for BN calibration [default: the config's, "
+                   "10000]; 0 keeps the checkpoint's statistics.")
+@click.option("--eval-images", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Held-out images for parity and accuracy.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--data", default=None, metavar="NAME|NAME:PATH|PATH",
+              help="Data to calibrate and check on instead of the checkpoint's, e.g. "
+                   "npz:../shared/data/cifar10_jpeg.npz.")
+@click.option("--device", default="cpu", show_default=True,
+              help="Device for BN calibration (cpu, cuda); parity always runs on the CPU.")
+@click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript",
+              show_default=True, help="ONNX exporter (torchscript is ~40x faster here).")
+@click.option("--force", is_flag=True, help="Replace a non-empty output directory.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def export_cmd(checkpoint: Path, widths: list[float] | None, resolutions: list[int] | None,
+               pairs: str | None, profile: str | None, out: Path | None,
+               calib_images: int | None, eval_images: int, batch_size: int, data: str | None,
+               device: str, exporter: str, force: bool, no_progress: bool) -> None:
+    """Export subnets of CHECKPOINT (a run directory or its .safetensors) for deployment.
+
+    For each (width, resolution): BN calibration, a plain sliced model with BN folded
+    (weights.safetensors + arch.json), model.onnx (opset 17), and parity against the
+    supernet on held-out images. Writes parity.md, parity.json and manifest.json; exits 1
+    if any subnet fails parity (its files are kept and marked in the manifest).
+    """
+    from export.errors import ParityError
+    from export.pipeline import ExportOptions, export_checkpoint, parse_pairs
+
+    if out is None:
+        out = (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "export"
+    options = ExportOptions(
+        widths=tuple(widths) if widths else None,
+        resolutions=tuple(resolutions) if resolutions else None,
+        pairs=parse_pairs(pairs) if pairs else None,
+        profile=profile, calib_images=calib_images, eval_images=eval_images,
+        batch_size=batch_size, data=data, force=force, exporter=exporter, device=device,
+        progress=not no_progress,
+    )
+    report = export_checkpoint(checkpoint, out, options)
+    click.echo(report.table)
+    click.echo(f"wrote {len(report.subnets)} subnets, parity.md, parity.json and "
+               f"manifest.json to {report.out_dir} in {report.seconds:.1f} s")
+    if report.failed:
+        raise ParityError(f"{len(report.failed)} of {len(report.subnets)} subnets failed parity "
+                          f"({', '.join(report.failed)}); their files are kept in "
+                          f"{report.out_dir} and marked parity_failed in manifest.json")
+
+
+COMMANDS = [export_cmd]

@@ -1,0 +1,169 @@
+"""``mutualnet train``, ``mutualnet eval`` and ``mutualnet best``: thin wrappers over the library."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import UsageError
+from ._params import FLOATS, INTS
+
+
+@contextmanager
+def _config_warnings() -> Iterator[None]:
+    """Show ConfigWarnings as one ``warning: ...`` line each on stderr."""
+    from ..config import ConfigWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConfigWarning)
+        try:
+            yield
+        finally:
+            for w in caught:
+                if issubclass(w.category, ConfigWarning):
+                    click.echo(f"warning: {w.message}", err=True)
+                else:
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+@click.command("train")
+@click.argument("config", required=False)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key (YAML value); repeatable.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Run directory [default: log_dir, else runs/<model>].")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override num_epochs.")
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (overrides device).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train_cmd(config: str | None, overrides: tuple[str, ...], out_dir: str | None, resume: bool,
+              epochs: int | None, device: str | None, quiet: bool) -> None:
+    """Train with MutualNet per CONFIG (a .yml path or app:apps/NAME.yml; default: the tiny
+    demo on the bundled CIFAR-10 subset). With test_only: true and pretrained: PATH,
+    evaluate that checkpoint instead."""
+    from ..config import load_config
+    from ..train.loop import default_out_dir, stored_config, train
+
+    with _config_warnings():
+        if resume and config is None and not overrides:
+            if out_dir is None:
+                raise UsageError("--resume needs --out DIR (the run to continue) or a CONFIG "
+                                 "whose log_dir names it")
+            cfg = stored_config(out_dir)
+        else:
+            cfg = load_config(config, overrides)
+    flags: dict[str, Any] = {}
+    if epochs is not None:
+        flags["num_epochs"] = epochs
+    if device is not None:
+        flags["device"] = device
+    if out_dir is not None:
+        flags["log_dir"] = out_dir
+    if flags:
+        cfg = cfg.replace(**flags)
+    out = Path(out_dir) if out_dir is not None else default_out_dir(cfg)
+    if cfg.test_only:
+        assert cfg.pretrained is not None
+        _run_eval(cfg.pretrained, widths=list(cfg.eval_widths()),
+                  resolutions=list(cfg.resolution_list or ()), data=None, out_dir=out / "eval",
+                  compare=(), calib_images=cfg.calib_images, limit=cfg.max_val_images,
+                  device=cfg.device, progress=not quiet, config=cfg)
+        return
+    if not resume and (out / "checkpoint.safetensors").exists() and cfg.resume is None:
+        raise UsageError(f"{out} already holds a checkpoint; pass --resume to continue it or "
+                         "choose another --out")
+    result = train(cfg, out, resume=resume, progress=not quiet)
+    last = result.history[-1] if result.history else {}
+    val = last.get("val", {})
+    summary = "  ".join(f"{k} top-1 {v['top1']:.2f}%" for k, v in val.items())
+    click.echo(f"trained {result.epoch} epochs ({result.step} steps) in {result.wall_s:.1f} s; "
+               f"checkpoint {result.checkpoint}" + (f"; {summary}" if summary else ""))
+
+
+def _parse_data(value: str | None) -> tuple[str, str | None] | None:
+    if value is None:
+        return None
+    name, sep, root = value.partition(":")
+    return name, (root if sep else None)
+
+
+def _run_eval(checkpoint: str, *, widths: list[float] | None, resolutions: list[int] | None,
+              data: str | None, out_dir: Path | None, compare: tuple[str, ...],
+              calib_images: int | None, limit: int | None, device: str | None,
+              progress: bool, config: Any = None, label: str | None = None) -> None:
+    from ..evaluate import run_eval
+
+    report = run_eval(checkpoint, widths=widths, resolutions=resolutions,
+                      data=_parse_data(data), out_dir=out_dir, compare=list(compare),
+                      calib_images=calib_images, limit=limit, device=device,
+                      progress=progress, label=label, config=config)
+    click.echo(report.table)
+    for kind, path in report.files.items():
+        click.echo(f"{kind}: {path}")
+
+
+@click.command("eval")
+@click.argument("checkpoint")
+@click.option("--widths", type=FLOATS, default=None,
+              help="Comma list of widths [default: width_mult_list or 4 spaced in the range].")
+@click.option("--resolutions", type=INTS, default=None,
+              help="Comma list of resolutions [default: the config's resolution_list].")
+@click.option("--data", default=None, metavar="DATASET[:ROOT]",
+              help="Evaluate on other data, e.g. npz:/path/cifar10_jpeg.npz, cifar100:/data/c100, "
+                   "imagefolder:/data/imagenet [default: the checkpoint's].")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Where eval.csv/json/png go [default: <run dir>/eval].")
+@click.option("--compare", multiple=True, metavar="CKPT_OR_EVAL_JSON",
+              help="Overlay another run's curve (checkpoint or eval.json); repeatable.")
+@click.option("--label", default=None, help="Legend label of this run [default: run dir name].")
+@click.option("--calib-images", type=click.IntRange(min=1), default=None,
+              help="Images for BN calibration per subnet [default: calib_images, 10000].")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Evaluate only the first N validation images.")
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def eval_cmd(checkpoint: str, widths: list[float] | None, resolutions: list[int] | None,
+             data: str | None, out_dir: str | None, compare: tuple[str, ...], label: str | None,
+             calib_images: int | None, limit: int | None, device: str | None,
+             quiet: bool) -> None:
+    """Calibrate BN and evaluate every (width, resolution) of CHECKPOINT; print the table by
+    MACs and write eval.csv, eval.json and eval.png (accuracy vs MACs, Pareto front)."""
+    _run_eval(checkpoint, widths=widths, resolutions=resolutions, data=data,
+              out_dir=Path(out_dir) if out_dir else None, compare=compare,
+              calib_images=calib_images, limit=limit, device=device, progress=not quiet,
+              label=label)
+
+
+@click.command("best")
+@click.argument("source")
+@click.option("--budget-mflops", type=float, required=True,
+              help="Computation budget in MFLOPs (millions of MACs).")
+@click.option("--json", "as_json", is_flag=True, help="Print the chosen point as JSON.")
+@click.option("--device", default=None, help="Device if the grid must be evaluated first.")
+def best_cmd(source: str, budget_mflops: float, as_json: bool, device: str | None) -> None:
+    """Print the most accurate (width, resolution) of SOURCE within --budget-mflops.
+
+    SOURCE is an eval.json (or a directory holding one), or a checkpoint: its run's
+    eval/eval.json is used if present, else the grid is evaluated first."""
+    from ..evaluate import best_within_budget, grid_for
+
+    if not budget_mflops > 0:
+        raise UsageError(f"--budget-mflops must be positive, got {budget_mflops}")
+    _, points = grid_for(source, device=device)
+    p = best_within_budget(points, budget_mflops)
+    if as_json:
+        click.echo(json.dumps({"id": p.id, "width": p.width, "resolution": p.resolution,
+                               "macs": p.macs, "mflops": p.mflops, "top1": p.top1,
+                               "top5": p.top5}))
+    else:
+        click.echo(f"{p.id}: width {p.width:g}, resolution {p.resolution}, "
+                   f"{p.mflops:.3f} MFLOPs, top-1 {p.top1:.2f}%, top-5 {p.top5:.2f}%")
+
+
+COMMANDS: list[Callable[..., Any]] = [train_cmd, eval_cmd, best_cmd]

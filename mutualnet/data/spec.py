@@ -1,0 +1,143 @@
+"""What data to load and how it is preprocessed: :class:`DataSpec` and the manifest's view of it.
+
+Torch-free on purpose: the config and manifest code can import it cheaply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UsageError
+
+DATASETS = ("cifar10_bundled", "npz", "cifar10", "cifar100", "imagefolder")
+AUGMENTS = ("cifar", "imagenet_mobile", "imagenet_basic")
+SPLITS = ("train", "val")
+
+#: RandomResizedCrop scale range of each ImageNet-style augmentation (SPEC section 3).
+RRC_SCALE = {"imagenet_mobile": (0.25, 1.0), "imagenet_basic": (0.08, 1.0)}
+RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+COLOR_JITTER = 0.4
+CIFAR_PAD = 4
+
+#: Channel statistics (RGB, 0-1 scale). The JPEG values are those measured on the shared
+#: cifar10_jpeg.npz training set (see its README); JPEG compression lowers the std a little.
+CIFAR10_JPEG_MEAN = (0.4913, 0.4821, 0.4465)
+CIFAR10_JPEG_STD = (0.2452, 0.2428, 0.2606)
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_STATS = {
+    "cifar10_bundled": (CIFAR10_JPEG_MEAN, CIFAR10_JPEG_STD),
+    "npz": (CIFAR10_JPEG_MEAN, CIFAR10_JPEG_STD),
+    "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
+    "cifar100": (CIFAR100_MEAN, CIFAR100_STD),
+    "imagefolder": (IMAGENET_MEAN, IMAGENET_STD),
+}
+
+Stats = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which data set, where, and how images are cropped and augmented.
+
+    ``dataset``: cifar10_bundled (shipped subset, no ``root``) | npz (``root`` = a .npz file in
+    the shared JPEG format) | cifar10 / cifar100 (``root`` = folder of the python-pickle release)
+    | imagefolder (``root`` holds ``train/<class>/*`` and ``val/<class>/*``).
+    ``resize``: evaluation resizes the shorter side to this, then center-crops ``image_size``;
+    None keeps CIFAR-style images as they are (imagefolder then uses image_size * 256 / 224).
+    ``in_memory``: decode once into a uint8 tensor and augment batches on their device;
+    None = yes for the npz/CIFAR sets, no for imagefolder.
+    ``max_images``: keep only the first N images of a split, balanced over classes.
+    """
+
+    dataset: str = "cifar10_bundled"
+    root: str | None = None
+    image_size: int = 32
+    resize: int | None = None
+    augment: str = "cifar"
+    workers: int = 2
+    in_memory: bool | None = None
+    max_images: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise UsageError(f"unknown dataset {self.dataset!r}; known: {', '.join(DATASETS)}")
+        if self.augment not in AUGMENTS:
+            raise UsageError(f"unknown augment {self.augment!r}; known: {', '.join(AUGMENTS)}")
+        if self.dataset == "cifar10_bundled":
+            if self.root is not None:
+                raise UsageError("dataset 'cifar10_bundled' is shipped inside the package and "
+                                 "takes no root; use dataset 'npz' to read another .npz file")
+        elif not self.root:
+            raise UsageError(f"dataset {self.dataset!r} needs a root: {expected_layout(self.dataset)}")
+        if not isinstance(self.image_size, int) or self.image_size < 1:
+            raise UsageError(f"image_size must be a positive integer, got {self.image_size!r}")
+        if self.resize is not None and (not isinstance(self.resize, int)
+                                        or self.resize < self.image_size):
+            raise UsageError(f"resize must be an integer >= image_size ({self.image_size}) "
+                             f"or None, got {self.resize!r}")
+        if not isinstance(self.workers, int) or self.workers < 0:
+            raise UsageError(f"workers must be an integer >= 0, got {self.workers!r}")
+        if self.max_images is not None and (not isinstance(self.max_images, int)
+                                            or self.max_images < 1):
+            raise UsageError(f"max_images must be a positive integer or None, "
+                             f"got {self.max_images!r}")
+
+    @property
+    def uses_memory(self) -> bool:
+        """Whether images are decoded once into a tensor (the resolved ``in_memory``)."""
+        return self.in_memory if self.in_memory is not None else self.dataset != "imagefolder"
+
+    @property
+    def eval_resize(self) -> int | None:
+        """Shorter side that evaluation resizes to before the center crop (None = no resize)."""
+        if self.resize is not None:
+            return self.resize
+        if self.dataset == "imagefolder":
+            return int(round(self.image_size * 256 / 224))
+        return None
+
+    @property
+    def mean(self) -> Stats:
+        return _STATS[self.dataset][0]
+
+    @property
+    def std(self) -> Stats:
+        return _STATS[self.dataset][1]
+
+    def root_path(self) -> Path | None:
+        return Path(self.root).expanduser() if self.root else None
+
+
+def expected_layout(dataset: str) -> str:
+    """One sentence describing what ``root`` must point at for ``dataset``."""
+    return {
+        "cifar10_bundled": "no root (the subset ships inside the package)",
+        "npz": "a .npz file with arrays train_jpeg, train_offsets, train_labels, test_jpeg, "
+               "test_offsets, test_labels, classes (the format of shared/data/cifar10_jpeg.npz)",
+        "cifar10": "the folder of the CIFAR-10 python release (cifar-10-batches-py/ with "
+                   "data_batch_1..5, test_batch, batches.meta) or its parent",
+        "cifar100": "the folder of the CIFAR-100 python release (cifar-100-python/ with "
+                    "train, test, meta) or its parent",
+        "imagefolder": "a folder with train/<class>/*.jpg and val/<class>/*.jpg",
+    }[dataset]
+
+
+def preprocessing(spec: DataSpec) -> dict[str, object]:
+    """How a deployed model's input must be prepared (the manifest's ``preprocessing``)."""
+    return {
+        "resize": spec.eval_resize,
+        "crop": spec.image_size,
+        "mean": [float(m) for m in spec.mean],
+        "std": [float(s) for s in spec.std],
+        "channel_order": "RGB",
+        "input_scale": 255.0,
+        "interpolation": "bilinear",
+        "layout": "NCHW",
+    }

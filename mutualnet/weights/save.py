@@ -1,0 +1,62 @@
+"""Write an imported supernet as a mutualnet checkpoint (config + weights + import report)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from ..slimmable import SlimmableNet
+from .common import ImportReport
+
+
+def read_labels(path: str | os.PathLike[str], num_classes: int) -> tuple[str, ...]:
+    """Class names, one a line; a 1001-line TF file for 1000 classes drops its first line."""
+    p = Path(path)
+    try:
+        names = [line.strip() for line in p.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read labels file {p}: {e}") from None
+    if len(names) == num_classes + 1:
+        names = names[1:]  # the background class of TF's 1001-class files
+    if len(names) != num_classes:
+        raise UsageError(f"{p} has {len(names)} labels, the model {num_classes} classes; "
+                         f"give one name per class, one a line")
+    return tuple(names)
+
+
+def checkpoint_config(model: SlimmableNet, report: ImportReport) -> Any:
+    """The TrainConfig recorded with imported weights (ImageNet-style data, file's kwargs).
+
+    Input normalization is recorded by ``input_mean``/``input_std`` where the config has
+    those fields; the full preprocessing always goes into the checkpoint's ``extra``.
+    """
+    from ..config import TrainConfig, config_from_dict
+
+    d: dict[str, Any] = {
+        "model": report.model,
+        "model_kwargs": dict(report.model_kwargs),
+        "num_classes": report.num_classes,
+        "width_mult_range": list(model.width_range),
+        "dataset": "imagefolder",
+    }
+    if report.resolution is not None:
+        d["image_size"] = report.resolution
+    pre = report.preprocessing or {}
+    fields = getattr(TrainConfig, "__dataclass_fields__", {})
+    for key, value in (("input_mean", pre.get("mean")), ("input_std", pre.get("std"))):
+        if key in fields and value is not None:
+            d[key] = list(value)
+    return config_from_dict(d, source=f"import of {report.source}")
+
+
+def save_imported(out_dir: str | os.PathLike[str], model: SlimmableNet, report: ImportReport,
+                  *, classes: Sequence[str] | None = None) -> Path:
+    """Atomically write ``out_dir/checkpoint.safetensors``; returns its path."""
+    from ..checkpoint import save_checkpoint
+
+    config = checkpoint_config(model, report)
+    return save_checkpoint(out_dir, model, config, extra_meta={"imported": report.to_dict()},
+                           classes=None if classes is None else tuple(classes))

@@ -1,0 +1,152 @@
+"""Deploy profiles: the shipped ones load; bad files fail naming the file and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from export.errors import ProfileError
+from export.profiles import (
+    DeployProfile,
+    list_profiles,
+    load_profile,
+    profile_from_dict,
+    profiles_dir,
+)
+
+REQUIRED = ("cpu", "jetson-orin-nano", "jetson-agx-orin", "server-a100", "server-h100")
+
+
+def test_shipped_profiles_load() -> None:
+    names = list_profiles()
+    for name in REQUIRED:
+        assert name in names
+    for name in names:
+        p = load_profile(name)
+        assert p.name == name
+        assert p.min_batch <= p.opt_batch <= p.max_batch
+        assert p.budgets_mflops and p.budgets_latency_ms
+
+
+def test_profile_specifics() -> None:
+    assert load_profile(None) == load_profile("cpu")
+    cpu = load_profile("cpu")
+    assert cpu.runtime == "onnxruntime" and cpu.ort_providers == ("CPUExecutionProvider",)
+    agx = load_profile("jetson-agx-orin")
+    assert agx.runtime == "tensorrt" and agx.tensorrt_major == 10 and agx.dla_core == 0
+    assert agx.precision == "fp16"
+    nano = load_profile("jetson-orin-nano")
+    assert nano.dla_core is None and nano.tensorrt_major == 10
+    assert load_profile("server-h100").tensorrt_major == 11
+    assert load_profile("server-a100").tensorrt_major == 10
+
+
+def test_to_dict_roundtrips() -> None:
+    for name in list_profiles():
+        p = load_profile(name)
+        d = p.to_dict()
+        assert isinstance(d["budgets_mflops"], list)
+        assert profile_from_dict(d) == p
+
+
+def test_profiles_are_package_data() -> None:
+    import deploy_profiles
+
+    tomllib = pytest.importorskip("tomllib")
+    assert Path(deploy_profiles.__file__).parent == profiles_dir()
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    setuptools = pyproject["tool"]["setuptools"]
+    assert any(p.startswith("deploy_profiles") for p in setuptools["packages"]["find"]["include"])
+    assert "*.yml" in setuptools["package-data"]["deploy_profiles"]
+
+
+def _write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "custom.yml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_load_from_path(tmp_path: Path) -> None:
+    base = load_profile("jetson-orin-nano").to_dict()
+    base.pop("name")
+    base["max_batch"] = 2
+    p = load_profile(str(_write(tmp_path, base)))
+    assert p.name == "custom" and p.max_batch == 2
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("max_batchsize", 4, "unknown key"),
+    ("runtime", "tflite", "must be one of"),
+    ("precision", "fp8", "must be one of"),
+    ("min_batch", 0, "must be in"),
+    ("opt_batch", "two", "expected an integer"),
+    ("max_batch", True, "expected an integer"),
+    ("workspace_mb", -1, "must be in"),
+    ("tensorrt_major", 9, "supported TensorRT majors"),
+    ("dla_core", 3, "must be in"),
+    ("budgets_mflops", [300, 100], "ascending"),
+    ("budgets_latency_ms", [0, 1], "must be > 0"),
+    ("min_top1_agreement", 1.5, "<= 1.0"),
+    ("max_accuracy_drop_pt", -0.1, ">= 0.0"),
+    ("fp32_max_abs_diff", 0, "must be > 0"),
+    ("ort_providers", ["FastExecutionProvider"], "unknown ONNX Runtime provider"),
+    ("ort_providers", [], "non-empty list"),
+])
+def test_invalid_values_name_file_and_key(tmp_path: Path, key: str, value: object,
+                                          match: str) -> None:
+    data = load_profile("jetson-agx-orin").to_dict()
+    data[key] = value
+    path = _write(tmp_path, data)
+    with pytest.raises(ProfileError, match=match) as info:
+        load_profile(str(path))
+    msg = str(info.value)
+    assert str(path) in msg
+    assert f"'{key}" in msg
+
+
+@pytest.mark.parametrize("changes, key, match", [
+    ({"min_batch": 4, "opt_batch": 2}, "opt_batch", "min_batch <= opt_batch"),
+    ({"opt_batch": 8, "max_batch": 4}, "max_batch", "min_batch <= opt_batch"),
+    ({"runtime": "onnxruntime"}, "dla_core", "needs runtime 'tensorrt'"),
+    ({"precision": "fp32"}, "dla_core", "fp16 or int8"),
+    ({"tensorrt_major": 11}, "dla_core", "TensorRT 11 does not support Jetson"),
+    ({"tensorrt_major": None}, "tensorrt_major", "needs the TensorRT major"),
+])
+def test_impossible_combinations(changes: dict, key: str, match: str) -> None:
+    data = load_profile("jetson-agx-orin").to_dict()
+    data.update(changes)
+    with pytest.raises(ProfileError, match=match) as info:
+        profile_from_dict(data, source="agx.yml")
+    assert f"'{key}'" in str(info.value) and "agx.yml" in str(info.value)
+
+
+def test_int8_needs_tensorrt_and_not_a_mapping(tmp_path: Path) -> None:
+    data = load_profile("cpu").to_dict()
+    data["precision"] = "int8"
+    with pytest.raises(ProfileError, match="'precision'"):
+        profile_from_dict(data, source="cpu.yml")
+    path = tmp_path / "list.yml"
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ProfileError, match="mapping"):
+        load_profile(str(path))
+    bad = tmp_path / "bad.yml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ProfileError, match="not valid YAML"):
+        load_profile(str(bad))
+
+
+def test_unknown_name_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ProfileError, match="unknown deploy profile 'jetson-xavier'.*cpu"):
+        load_profile("jetson-xavier")
+    with pytest.raises(ProfileError, match="does not exist"):
+        load_profile(str(tmp_path / "nope.yml"))
+
+
+def test_dataclass_is_frozen() -> None:
+    p = load_profile("cpu")
+    with pytest.raises(AttributeError):
+        p.max_batch = 3  # type: ignore[misc]
+    assert isinstance(p, DeployProfile)
+    assert p.batch_sizes == (1, 8)

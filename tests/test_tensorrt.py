@@ -1,0 +1,242 @@
+"""TensorRT side: trtexec script, engine parity gates, FP16 ONNX conversion, no-TensorRT exit;
+and (marked ``tensorrt``: run where tensorrt imports and a GPU exists) real engine builds."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).parent / "data"))
+from deploy_fixtures import make_export, marker_of  # noqa: E402
+
+from export.errors import BackendUnavailableError, ExportUsageError  # noqa: E402
+from export.manifest import load_manifest  # noqa: E402
+from export.profiles import load_profile, profile_from_dict  # noqa: E402
+from export.tensorrt_build import (  # noqa: E402
+    engine_parity,
+    engine_relpath,
+    load_parity_images,
+    trtexec_script,
+)
+from mutualnet.cli import cli  # noqa: E402
+
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+IDS = ["w0.25-r12", "w0.50-r12", "w0.50-r16", "w1.00-r16"]
+
+
+@pytest.fixture
+def export_dir(tmp_path: Path) -> Path:
+    return make_export(tmp_path / "export")
+
+
+# ------------------------------------------------------------------ trtexec script
+
+def test_trtexec_script_tensorrt10_dla(export_dir: Path) -> None:
+    prof = load_profile("jetson-agx-orin")
+    text = trtexec_script(load_manifest(export_dir), prof)
+    assert text.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in text
+    assert text.count('"$TRTEXEC"') == 4
+    for flag in ("--onnx=subnets/w0.25-r12/model.onnx",
+                 "--saveEngine=engines/jetson-agx-orin/w0.25-r12.fp16.dla0.plan",
+                 "--minShapes=input:1x3x12x12", "--optShapes=input:1x3x12x12",
+                 "--maxShapes=input:8x3x12x12", "--fp16",
+                 "--timingCacheFile=engines/jetson-agx-orin/timing.cache",
+                 "--memPoolSize=workspace:2048M", "--useDLACore=0", "--allowGPUFallback"):
+        assert flag in text, flag
+    assert "--stronglyTyped" not in text and "modelopt" not in text
+
+
+def test_trtexec_script_tensorrt11_strongly_typed(export_dir: Path) -> None:
+    prof = load_profile("server-h100")
+    text = trtexec_script(load_manifest(export_dir), prof, timing_cache="/cache/trt.cache")
+    assert "--stronglyTyped" in text and "--fp16" not in text
+    assert "python3 -m modelopt.onnx.autocast --onnx_path subnets/w1.00-r16/model.onnx " \
+           "--output_path engines/server-h100/w1.00-r16.fp16.onnx" in text
+    assert "--onnx=engines/server-h100/w1.00-r16.fp16.onnx" in text
+    assert "--maxShapes=input:128x3x16x16" in text and "--optShapes=input:32x3x16x16" in text
+    assert "--timingCacheFile=/cache/trt.cache" in text and "--useDLACore" not in text
+
+
+def test_engine_relpath() -> None:
+    assert engine_relpath(load_profile("jetson-agx-orin"), "w0.50-r160") == \
+        "engines/jetson-agx-orin/w0.50-r160.fp16.dla0.plan"
+    assert engine_relpath(load_profile("server-a100"), "w1.00-r224") == \
+        "engines/server-a100/w1.00-r224.fp16.plan"
+
+
+@pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed here")
+def test_build_engines_without_tensorrt_writes_script_then_exits_1(export_dir: Path) -> None:
+    before = (export_dir / "manifest.json").read_bytes()
+    res = CliRunner().invoke(cli, ["build-engines", str(export_dir), "--profile",
+                                   "jetson-orin-nano"])
+    assert res.exit_code == 1
+    assert "pip install tensorrt" in res.output and "build_engines.sh" in res.output
+    assert "Traceback" not in res.output
+    script = export_dir / "build_engines.sh"
+    assert script.is_file() and script.stat().st_mode & 0o111
+    assert "--saveEngine=engines/jetson-orin-nano/w0.25-r12.fp16.plan" in script.read_text()
+    assert (export_dir / "manifest.json").read_bytes() == before   # no fake engine recorded
+    assert not (export_dir / "engines").exists()
+
+
+def test_build_engines_rejects_non_tensorrt_profile(export_dir: Path) -> None:
+    res = CliRunner().invoke(cli, ["build-engines", str(export_dir), "--profile", "cpu"])
+    assert res.exit_code == 2 and "not TensorRT" in res.output
+
+
+# ------------------------------------------------------------------ parity gates
+
+def _logits(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 10)).astype(np.float32)
+
+
+def test_engine_parity_fp16_gates() -> None:
+    prof = load_profile("server-a100")           # fp16: >= 99 % agreement, <= 0.5 pt drop
+    ref = _logits(1000, 0)
+    labels = ref.argmax(1).copy()
+    labels[:200] = (labels[:200] + 1) % 10      # reference top-1 80 %
+    close = ref + np.float32(1e-3) * _logits(1000, 1)
+    p = engine_parity(ref, close, labels, prof, "s")
+    assert p.passed and p.top1_agreement >= 0.99 and abs(p.accuracy_drop_pt) < 0.5
+    d = p.to_dict()
+    assert d["tolerance_that_passes"] == pytest.approx(p.max_abs_diff)
+    assert 0 < d["tolerance_that_passes"] < 0.01
+    assert d["agreement_that_passes"] == pytest.approx(p.top1_agreement)
+
+    flipped = ref.copy()
+    flipped[200:230] = np.roll(flipped[200:230], 1, axis=1)   # 3 % disagree, all were right
+    p = engine_parity(ref, flipped, labels, prof, "s")
+    assert not p.passed and p.top1_agreement < 0.99
+    assert p.accuracy_drop_pt == pytest.approx(3.0, abs=0.11)
+    assert p.to_dict()["drop_that_passes_pt"] == pytest.approx(p.accuracy_drop_pt)
+
+
+def test_engine_parity_fp32_uses_elementwise_tolerance() -> None:
+    data = load_profile("server-a100").to_dict()
+    data["precision"] = "fp32"
+    prof = profile_from_dict(data)
+    ref = _logits(50, 0)
+    assert engine_parity(ref, ref + 5e-5, None, prof, "s").passed
+    worse = engine_parity(ref, ref + 5e-4, None, prof, "s")
+    assert not worse.passed and worse.to_dict()["tolerance_that_passes"] == \
+        pytest.approx(5e-4, rel=1e-3)
+    assert worse.accuracy_drop_pt is None
+
+
+# ------------------------------------------------------------------ parity images
+
+def test_load_parity_images_npz(tmp_path: Path) -> None:
+    imgs = np.random.default_rng(0).integers(0, 256, (20, 8, 8, 3), dtype=np.uint8)
+    labels = np.arange(20) % 10
+    np.savez(tmp_path / "held.npz", images=imgs, labels=labels)
+    got, lab = load_parity_images(tmp_path / "held.npz", limit=5)
+    assert len(got) == 5 and lab is not None and len(lab) == 5
+    assert (got[0] == imgs[0]).all() and (got[-1] == imgs[-1]).all() and lab[-1] == 9
+
+
+def test_load_parity_images_shared_jpeg_format(tmp_path: Path) -> None:
+    from PIL import Image
+
+    blobs = []
+    for i in range(4):
+        buf = io.BytesIO()
+        Image.fromarray(np.full((6, 6, 3), i * 60, np.uint8)).save(buf, format="JPEG")
+        blobs.append(np.frombuffer(buf.getvalue(), np.uint8))
+    off = np.cumsum([0] + [len(b) for b in blobs])
+    np.savez(tmp_path / "j.npz", test_jpeg=np.concatenate(blobs), test_offsets=off,
+             test_labels=np.array([0, 1, 2, 3]))
+    got, lab = load_parity_images(tmp_path / "j.npz", limit=10)
+    assert len(got) == 4 and got[2].shape == (6, 6, 3) and list(lab) == [0, 1, 2, 3]
+    assert abs(int(got[3].mean()) - 180) <= 3
+    with pytest.raises(ExportUsageError, match="neither"):
+        np.savez(tmp_path / "x.npz", foo=np.zeros(1))
+        load_parity_images(tmp_path / "x.npz")
+
+
+# ------------------------------------------------------------------ FP16 ONNX (TensorRT 11)
+
+def test_fp16_conversion_keeps_io_types(export_dir: Path, tmp_path: Path) -> None:
+    from export.tensorrt_build import convert_onnx_fp16
+
+    src = export_dir / "subnets" / "w0.50-r16" / "model.onnx"
+    if importlib.util.find_spec("onnxconverter_common") is None and \
+            importlib.util.find_spec("modelopt") is None:
+        with pytest.raises(BackendUnavailableError, match="onnxconverter-common"):
+            convert_onnx_fp16(src, tmp_path / "fp16.onnx")
+        return
+    import onnx
+    import onnxruntime as ort
+
+    dst = convert_onnx_fp16(src, tmp_path / "fp16.onnx")
+    model = onnx.load(str(dst))
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
+    sess = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
+    ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32)
+    out = sess.run(None, {"input": x})[0]
+    assert out.dtype == np.float32
+    assert (out.argmax(1) == ref.run(None, {"input": x})[0].argmax(1)).all()
+
+
+# ------------------------------------------------------------------ real TensorRT
+
+def _trt_profile(tmp_path: Path, precision: str) -> Path:
+    import tensorrt as trt
+
+    data = load_profile("server-a100").to_dict()
+    data.update(name=f"test-{precision}", precision=precision, max_batch=8, opt_batch=2,
+                workspace_mb=256, tensorrt_major=int(trt.__version__.split(".")[0]))
+    path = tmp_path / f"test-{precision}.yml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.tensorrt
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_build_engines_and_run_them(export_dir: Path, tmp_path: Path, precision: str) -> None:
+    from export.runtime import SubnetRuntime
+    from export.tensorrt_build import build_engines
+
+    imgs = np.random.default_rng(0).integers(0, 256, (64, 20, 20, 3), dtype=np.uint8)
+    profile = str(_trt_profile(tmp_path, precision))
+    report = build_engines(export_dir, profile, parity_data=(list(imgs), None), progress=False)
+    assert set(report.engines) == set(IDS)
+    assert report.passed, {k: v.to_dict() for k, v in report.parity.items()}
+    m = load_manifest(export_dir)          # engines verified by checksum
+    for sn in m.subnets:
+        rec = sn["engines"][-1]
+        assert rec["precision"] == precision and rec["compute_capability"].count(".") == 1
+        assert sn["parity"]["tensorrt"]["passed"]
+    assert (tmp_path / "export" / "engines" / f"test-{precision}" / "timing.cache").is_file()
+    with SubnetRuntime.load(export_dir, backend="tensorrt") as rt:
+        assert rt.backend == "tensorrt"
+        mem = rt.memory_report()
+        assert mem["activation_shared_bytes"] <= mem["activation_unshared_bytes"]
+        for sid in IDS:
+            rt.select(sid)
+            res = rt.infer(imgs[:3])
+            assert res.subnet_id == sid and (res.top1 == marker_of(IDS, sid)).all()
+        assert rt.infer(imgs[:20]).logits.shape == (20, 10)   # > max_batch: split
+
+
+@pytest.mark.tensorrt
+def test_profile_with_tensorrt(export_dir: Path, tmp_path: Path) -> None:
+    from export.latency import profile_manifest
+    from export.tensorrt_build import build_engines
+
+    build_engines(export_dir, str(_trt_profile(tmp_path, "fp16")), progress=False)
+    stats = profile_manifest(export_dir, backend="tensorrt", duration_s=0.2, batches=[1],
+                             progress=False)
+    assert len(stats) == 4
+    doc = json.loads((export_dir / "manifest.json").read_text())
+    entry = next(iter(doc["subnets"][0]["latency"].values()))
+    assert entry["backend"] == "tensorrt"
