@@ -438,9 +438,10 @@ def mean_points(per_seed: Mapping[int, Sequence[GridPoint]]) -> list[GridPoint]:
     out = []
     for key in common:
         ps = [k[key] for k in keyed]
+        losses = [p.loss for p in ps if p.loss is not None]
         out.append(dataclasses.replace(ps[0], top1=statistics.fmean(p.top1 for p in ps),
                                        top5=statistics.fmean(p.top5 for p in ps),
-                                       loss=statistics.fmean(p.loss for p in ps)))
+                                       loss=statistics.fmean(losses) if losses else None))
     return sort_points(out)
 
 
@@ -928,11 +929,11 @@ def publish_docs(paths: Mapping[str, Path], docs: Path = DOCS_DIR) -> list[Path]
 
 
 # ----------------------------------------------------------------------------- CLI
-SMOKE = {"backbone": "tiny_mobilenet", "wide": "wrn:depth=10,widen_factor=1", "epochs": 1,
+SMOKE: dict[str, Any] = {"backbone": "tiny_mobilenet", "wide": "wrn:depth=10,widen_factor=1", "epochs": 1,
          "batch_size": 32, "seeds": "0", "train_images": 320, "val_images": 200,
          "calib_images": 128, "grid_widths": "0.25,0.5,0.75,1.0", "export_max": 3,
          "export_images": 100}
-FULL = {"backbone": "wrn:depth=16,widen_factor=4", "wide": "wrn:depth=16,widen_factor=8",
+FULL: dict[str, Any] = {"backbone": "wrn:depth=16,widen_factor=4", "wide": "wrn:depth=16,widen_factor=8",
         "epochs": 30, "batch_size": 128, "seeds": "0,1", "train_images": None,
         "val_images": None, "calib_images": 10000,
         "grid_widths": "0.25,0.375,0.5,0.625,0.75,0.875,1.0", "export_max": 6,

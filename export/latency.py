@@ -127,22 +127,21 @@ def profile_manifest(manifest_dir: str | os.PathLike[str], *, backend: str = "au
                      progress: bool = True, seed: int = 0) -> list[LatencyStats]:
     """Measure every subnet at each batch size and record the figures in the manifest.
 
-    batches: default = the manifest profile's (min, opt, max) batch sizes. The manifest entry
+    batches: default = each subnet's (min, opt, max) batch sizes (the engine's for TensorRT,
+    the manifest profile's for ONNX Runtime). The manifest entry
     keeps batch-1 (or the smallest batch) figures at its top level and every batch in
     ``by_batch``. Only ``subnets[*].latency`` changes; no file is re-hashed.
     """
     rt = SubnetRuntime.load(manifest_dir, backend=backend, device=device, threads=threads)
     try:
-        prof = rt.manifest.profile
-        sizes = sorted(set(batches or {int(prof["min_batch"]), int(prof["opt_batch"]),
-                                       int(prof["max_batch"])}))
-        if any(b < 1 for b in sizes):
-            raise ExportUsageError(f"batch sizes must be >= 1, got {sizes}")
+        if batches is not None and (not batches or any(b < 1 for b in batches)):
+            raise ExportUsageError(f"batch sizes must be >= 1, got {list(batches)}")
+        plan = {info.id: sorted(set(batches or info.batch_sizes)) for info in rt.subnets}
         rng = np.random.default_rng(seed)
         results: list[LatencyStats] = []
-        bar = _progress(len(rt.subnets) * len(sizes), progress)
+        bar = _progress(sum(len(v) for v in plan.values()), progress)
         for info in rt.subnets:
-            for b in sizes:
+            for b in plan[info.id]:
                 x = rng.standard_normal((b, 3, info.resolution, info.resolution)).astype(
                     np.float32)
                 results.append(measure(_runner(rt, x, info.id), subnet_id=info.id, batch=b,

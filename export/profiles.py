@@ -160,7 +160,8 @@ def profile_from_dict(data: Any, *, source: str = "<profile>",
         raise ProfileError(f"{source}: a deploy profile must be a mapping of keys to values")
     for key in data:
         if key not in _FIELDS:
-            raise _fail(str(source), str(key), f"unknown key; allowed keys: {', '.join(sorted(_FIELDS))}")
+            raise _fail(str(source), str(key),
+                        f"unknown key; allowed keys: {', '.join(sorted(_FIELDS))}")
     d = dict(data)
     name = d.get("name", default_name)
     if not isinstance(name, str) or not name:

@@ -191,6 +191,7 @@ class SubnetInfo:
     params: int
     top1: float | None          # best known accuracy (backend's own, else ORT, else PyTorch)
     latency_ms: float | None    # measured p90 at batch 1 on this device and backend, if any
+    batch_sizes: tuple[int, ...] = (1,)   # (min, opt, max) this subnet is built/run for
 
     @property
     def mflops(self) -> float:
@@ -348,6 +349,14 @@ def _cuda_call(result: Any, what: str) -> Any:
     return rest[0] if len(rest) == 1 else tuple(rest)
 
 
+def _handle(obj: Any) -> int:
+    """The integer value of a cuda-python handle (stream, pointer)."""
+    try:
+        return int(obj)
+    except TypeError:
+        return int(obj.getPtr())
+
+
 def _gpu_identity(device_index: int = 0) -> tuple[str, str]:
     """(GPU name, compute capability "8.7") through cuda-python, else nvidia-smi."""
     try:
@@ -473,7 +482,7 @@ class _TrtRunner:
                 raise ExportError(f"engine rejected input shape {tuple(x.shape)}")
             _cuda_call(cudart.cudaMemcpyAsync(self.in_ptr, x.ctypes.data, x.nbytes, h2d,
                                               sh.stream), "cudaMemcpyAsync")
-            if not self.context.execute_async_v3(int(sh.stream)):
+            if not self.context.execute_async_v3(_handle(sh.stream)):
                 raise ExportError("TensorRT execute_async_v3 failed")
             _cuda_call(cudart.cudaMemcpyAsync(out.ctypes.data, self.out_ptr, out.nbytes, d2h,
                                               sh.stream), "cudaMemcpyAsync")
@@ -509,8 +518,8 @@ def _best_top1(sn: dict[str, Any], backend: str) -> float | None:
 
 
 def _latency_for(sn: dict[str, Any], device: str, backend: str) -> float | None:
-    entries = [e for e in (sn.get("latency") or {}).values() if e.get("backend") == backend]
-    mine = [e for e in entries if e.get("device") == device] or entries
+    mine = [e for e in (sn.get("latency") or {}).values()
+            if e.get("backend") == backend and e.get("device") == device]
     for e in mine:
         if int(e.get("batch", 1)) == 1:
             return float(e["p90_ms"])
@@ -533,7 +542,6 @@ class SubnetRuntime:
         self.providers = providers
         self._state = state
         self._trt = trt_shared
-        self._select_lock = threading.Lock()
         self._fail_lock = threading.Lock()
         healthy = [s for s in manifest.subnet_ids if s in state.slots]
         self._active: _Slot = state.slots[healthy[-1]]   # the largest until told otherwise
@@ -605,7 +613,7 @@ class SubnetRuntime:
         state = _State()
         used: tuple[str, ...] = ()
         for sn in manifest.subnets:
-            info = _info(sn, "onnxruntime", "")
+            info = _info(sn, "onnxruntime", "", dict(manifest.profile, max_batch=max_batch))
             try:
                 runner = _OrtRunner(manifest.file(sn["files"]["onnx"]["path"]), providers,
                                     threads, max_batch)
@@ -632,13 +640,16 @@ class SubnetRuntime:
         num_classes = int(manifest.model["num_classes"])
         runners: list[_TrtRunner] = []
         for sn in manifest.subnets:
-            rec = next(r for r in sn["engines"] if check_engine_record(r, env) is None)
+            rec = next(r for r in reversed(sn["engines"])      # the newest matching build
+                       if check_engine_record(r, env) is None)
             mb = min(max_batch, int(rec.get("max_batch", max_batch)))
             try:
                 runner = _TrtRunner(shared, manifest.file(rec["path"]), int(sn["resolution"]),
                                     num_classes, mb)
                 runners.append(runner)
-                state.slots[sn["id"]] = _Slot(_info(sn, "tensorrt", env.gpu_name), runner)
+                batch = {"min_batch": min(int(rec.get("min_batch", 1)), mb),
+                         "opt_batch": min(int(rec.get("opt_batch", 1)), mb), "max_batch": mb}
+                state.slots[sn["id"]] = _Slot(_info(sn, "tensorrt", env.gpu_name, batch), runner)
             except Exception as e:  # noqa: BLE001
                 state.failed[sn["id"]] = f"failed to load: {e}"
                 warnings.warn(f"engine of {sn['id']} failed to load ({e}); serving from the "
@@ -716,9 +727,11 @@ class SubnetRuntime:
                 raise ExportUsageError(f"latency budget must be positive, got {latency_ms}")
             missing = [s.id for s in subnets if s.latency_ms is None]
             if missing:
+                elsewhere = sorted({k for sn in self.manifest.subnets for k in sn["latency"]})
+                seen = f" (measured only as: {'; '.join(elsewhere)})" if elsewhere else ""
                 raise ManifestError(
                     f"no {self.backend} latency measured on {self.device_name} for "
-                    f"{', '.join(missing)}; run `mutualnet profile {self.manifest.root} "
+                    f"{', '.join(missing)}{seen}; run `mutualnet profile {self.manifest.root} "
                     f"--backend {self.backend}` on this device first")
             cost = {s.id: float(s.latency_ms or 0.0) for s in subnets}
             budget, unit = float(latency_ms), "ms (p90, batch 1)"
@@ -851,11 +864,14 @@ def _device_index(device: str | None) -> int:
     raise ExportUsageError(f"device {device!r} is not understood; use cpu, cuda or cuda:N")
 
 
-def _info(sn: dict[str, Any], backend: str, device_name: str) -> SubnetInfo:
+def _info(sn: dict[str, Any], backend: str, device_name: str,
+          batch: dict[str, Any]) -> SubnetInfo:
+    sizes = sorted({int(batch.get(k, 1)) for k in ("min_batch", "opt_batch", "max_batch")})
     return SubnetInfo(id=sn["id"], width=float(sn["width"]), resolution=int(sn["resolution"]),
                       macs=int(sn["macs"]), params=int(sn["params"]),
                       top1=_best_top1(sn, backend),
-                      latency_ms=_latency_for(sn, device_name, backend))
+                      latency_ms=_latency_for(sn, device_name, backend),
+                      batch_sizes=tuple(sizes))
 
 
 def _replace_latency(info: SubnetInfo, latency: float | None) -> SubnetInfo:

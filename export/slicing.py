@@ -38,7 +38,6 @@ from torch import fx, nn
 
 from mutualnet.slimmable import (
     GlobalAvgPool,
-    SlimBatchNorm2d,
     SlimConv2d,
     Slimmable,
     SlimmableNet,
@@ -89,6 +88,9 @@ class ZeroPadConv2d(nn.Conv2d):
 
 class ChannelAffine(nn.Module):
     """Per-channel ``x * scale + shift`` (an inference BatchNorm that cannot be folded)."""
+
+    scale: torch.Tensor
+    shift: torch.Tensor
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -257,20 +259,22 @@ def foldable_pairs(model: nn.Module) -> dict[str, str]:
     calls: dict[str, int] = {}
     for node in graph.nodes:
         if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+            calls[str(node.target)] = calls.get(str(node.target), 0) + 1
     pairs: dict[str, str] = {}
     for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(modules[node.target], nn.BatchNorm2d):
+        name = str(node.target)
+        if node.op != "call_module" or not isinstance(modules[name], nn.BatchNorm2d):
             continue
-        if calls[node.target] != 1 or len(node.args) != 1 or node.kwargs:
+        if calls[name] != 1 or len(node.args) != 1 or node.kwargs:
             continue
         src = node.args[0]
         if not isinstance(src, fx.Node) or src.op != "call_module":
             continue
-        conv = modules[src.target]
-        if (isinstance(conv, nn.Conv2d) and calls[src.target] == 1 and len(src.users) == 1
-                and conv.out_channels == modules[node.target].num_features):
-            pairs[str(node.target)] = str(src.target)
+        conv_name = str(src.target)
+        conv = modules[conv_name]
+        if (isinstance(conv, nn.Conv2d) and calls[conv_name] == 1 and len(src.users) == 1
+                and conv.out_channels == modules[name].num_features):
+            pairs[name] = conv_name
     return pairs
 
 

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -291,7 +292,8 @@ def _progress(total: int, enabled: bool) -> Any:
 def build_engines(manifest_dir: str | os.PathLike[str],
                   profile: str | DeployProfile | None = None, *,
                   timing_cache: str | os.PathLike[str] | None = None,
-                  parity_data: tuple[np.ndarray, np.ndarray | None] | None = None,
+                  parity_data: tuple[np.ndarray | Sequence[np.ndarray],
+                                     np.ndarray | None] | None = None,
                   record_only: bool = False, progress: bool = True) -> BuildReport:
     """Write build_engines.sh, build one engine per subnet, record them, run engine parity.
 
@@ -337,7 +339,7 @@ def build_engines(manifest_dir: str | os.PathLike[str],
             **file_entry(manifest.root, engine_path), "tensorrt_version": str(trt.__version__),
             "gpu_name": gpu_name, "compute_capability": cc, "precision": prof.precision,
             "dla_core": prof.dla_core, "built": utc_now(), "min_batch": prof.min_batch,
-            "opt_batch": prof.opt_batch, "max_batch": prof.max_batch,
+            "opt_batch": prof.opt_batch, "max_batch": prof.max_batch, "profile": prof.name,
         }
         bar.update(1)
     bar.close()
@@ -366,7 +368,7 @@ def _record(manifest: Manifest, report: BuildReport) -> None:
 
 
 def _run_parity(manifest: Manifest, profile: DeployProfile, report: BuildReport,
-                data: tuple[np.ndarray, np.ndarray | None]) -> None:
+                data: tuple[np.ndarray | Sequence[np.ndarray], np.ndarray | None]) -> None:
     images, labels = data
     trt_rt = SubnetRuntime.load(manifest.root, backend="tensorrt")
     ort_rt = SubnetRuntime.load(manifest.root, backend="onnxruntime", device="cpu")

@@ -135,7 +135,7 @@ def _atomic_path(target: Path) -> Iterator[Path]:
 
 def capture_rng() -> dict[str, Any]:
     """Global torch (CPU + CUDA), numpy and Python RNG states as tensors and plain values."""
-    np_state = np.random.get_state()
+    np_state: tuple[Any, ...] = tuple(np.random.get_state(legacy=True))
     py_state = random.getstate()
     return {
         "torch": torch.get_rng_state(),

@@ -238,15 +238,15 @@ def _translate(d: dict[str, Any], source: str) -> dict[str, Any]:
         d["model"] = "resnet50"
     elif model in ("wideresnet", "wrn"):
         kwargs = dict(d.get("model_kwargs") or {})
-        depth, widen = legacy.pop("depth", 28), legacy.pop("widen_factor", 10)
+        depth = legacy.pop("depth", kwargs.pop("depth", 28))
+        widen = legacy.pop("widen_factor", kwargs.pop("widen_factor", 10))
         if "dropoutrate" in legacy:
             kwargs.setdefault("dropout", float(legacy.pop("dropoutrate")))
         if (depth, widen) == (28, 10):
             d["model"] = "wrn28_10"
         else:
             d["model"] = "wrn"
-            kwargs.setdefault("depth", depth)
-            kwargs.setdefault("widen_factor", widen)
+            kwargs.update(depth=depth, widen_factor=widen)
         if kwargs:
             d["model_kwargs"] = kwargs
     for key in legacy:

@@ -230,7 +230,8 @@ def write_grid(points: Sequence[GridPoint], out_dir: str | os.PathLike[str], *,
         tmp.write_text(buf.getvalue())
 
     _atomic_write(paths["csv"], write_csv)
-    _atomic_write(paths["json"], lambda t: t.write_text(json.dumps(doc, indent=1) + "\n"))
+    text = json.dumps(doc, indent=1) + "\n"
+    _atomic_write(paths["json"], lambda t: None if t.write_text(text) else None)
     if plot:
         paths["png"] = out / GRID_PNG
         _atomic_write(paths["png"], lambda t: plot_grid([(label, points), *compare], t))

@@ -78,6 +78,7 @@ def test_onnx_matches_pytorch_and_has_no_bn_or_slicing(tmp_path: Path, name, kwa
         assert (got.argmax(1) == ref.argmax(1)).all()
 
 
+@pytest.mark.slow
 def test_dynamo_exporter_gives_the_same_graph_rules(tmp_path: Path, calib_data, images) -> None:
     model, sliced = _sliced("tiny_mobilenet", 0.25, 20, calib_data)
     info = export_onnx(sliced.module, 20, tmp_path / "d.onnx", exporter="dynamo")

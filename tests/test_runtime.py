@@ -80,6 +80,25 @@ print('OK', rt.backend, bad)
     assert out.stdout.strip() == "OK onnxruntime []"
 
 
+def test_cli_runs_without_torch(export_dir: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    img = tmp_path / "x.png"
+    Image.fromarray(_images(1, 20, 20)[0]).save(img)
+    code = f"""
+import sys
+sys.modules['torch'] = None
+sys.modules['torchvision'] = None
+from mutualnet.cli import main
+sys.argv = ['mutualnet', 'run', {str(export_dir)!r}, {str(img)!r}, '--budget-mflops', '0.02']
+main()
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"{img}: airplane (100.0%)"
+
+
 # ------------------------------------------------------------------ preprocessing
 
 def _torch_preprocess(img: np.ndarray, pre: dict, resolution: int) -> np.ndarray:
@@ -203,6 +222,16 @@ def test_latency_budget_needs_profiling_then_works(fresh_export: Path) -> None:
         with pytest.warns(UserWarning, match="below the smallest"):
             rt2.select_budget(latency_ms=1e-9)
         assert rt2.current == min(lat, key=lambda k: (lat[k], IDS.index(k)))
+
+    def elsewhere(doc: dict) -> None:       # figures from another device do not count
+        for sn in doc["subnets"]:
+            sn["latency"] = {f"Jetson [{k}]": dict(v, device="Jetson")
+                             for k, v in sn["latency"].items()}
+
+    update_manifest(fresh_export, elsewhere)
+    with SubnetRuntime.load(fresh_export, threads=1) as rt2:
+        with pytest.raises(ManifestError, match="measured only as: Jetson"):
+            rt2.select_budget(latency_ms=5)
 
 
 # ------------------------------------------------------------------ concurrency

@@ -184,6 +184,18 @@ def test_padding_is_a_mobilenet_v1_option(mbv2: tuple[Path, nn.Module]) -> None:
         import_weights(mbv2[0], "mobilenet_v2", model_kwargs={"padding": "symmetric"})
 
 
+def test_external_format_tells_foreign_weights_from_checkpoints(
+        tmp_path: Path, mbv2: tuple[Path, nn.Module]) -> None:
+    from safetensors.torch import save_file
+
+    from mutualnet.weights import external_format
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "checkpoint.safetensors"))
+    assert external_format(mbv2[0]) == "torchvision"
+    assert external_format(tmp_path / "checkpoint.safetensors") is None
+    assert external_format(tmp_path) is None
+
+
 def test_cli_not_a_weight_file(tmp_path: Path) -> None:
     (tmp_path / "x.bin").write_bytes(b"\x00\x01garbage" * 10)
     result = CliRunner().invoke(cli, ["import-weights", str(tmp_path / "x.bin"), "--model",

@@ -38,7 +38,6 @@ from benchmarks.peer._pairs import (  # noqa: E402
     PairSpec,
     Theirs,
     build_ours,
-    build_theirs,
     calibrate_ours,
     channel_record,
     copy_weights,

@@ -38,10 +38,8 @@ GPU: not measured unless run on a machine with CUDA (this script then still runs
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
-import os
 import random
 import resource
 import statistics
@@ -50,6 +48,7 @@ import sys
 import tempfile
 import time
 import types
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -90,22 +89,18 @@ def draw_subnets(spec: PairSpec, steps: int, seed: int) -> list[list[tuple[float
     return out
 
 
-class _TimedLoader:
-    """Yields the same batch ``n`` times and records when each is asked for; ``len`` is large
-    so that the original's loop logs only on batch 0 (its ``batch_idx == len - 1`` test)."""
+class _Repeat:
+    """Yields one batch ``n`` times; ``len`` is large so that the original's loop logs only on
+    batch 0 (its ``batch_idx == len(loader) - 1`` test never fires)."""
 
     def __init__(self, batch: Any, n: int) -> None:
         self.batch, self.n = batch, n
-        self.stamps: list[float] = []
 
     def __len__(self) -> int:
         return 10**9
 
     def __iter__(self) -> Iterator[Any]:
-        for _ in range(self.n):
-            self.stamps.append(time.perf_counter())
-            yield self.batch
-        self.stamps.append(time.perf_counter())
+        return iter([self.batch] * self.n)
 
 
 def synthetic(batch: int, num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,36 +173,38 @@ def step_ours(o: dict[str, Any], k: int) -> None:
 
 class _Interleaved:
     """The original's loader for one timing run: before handing the original its next batch
-    it runs (and times) one step of ours, so the two alternate step by step."""
+    it runs (and times) one step of ours, so the two alternate step by step. Records wall
+    time and process CPU time of every step of both."""
 
     def __init__(self, batch: Any, n: int, ours: dict[str, Any]) -> None:
         self.batch, self.n, self.ours = batch, n, ours
-        self.theirs_s: list[float] = []
-        self.ours_s: list[float] = []
+        self.theirs: list[tuple[float, float]] = []
+        self.mine: list[tuple[float, float]] = []
 
     def __len__(self) -> int:
         return 10**9   # the original logs on batch 0 and on batch len - 1 only
 
     def __iter__(self) -> Iterator[Any]:
-        handed = 0.0
+        handed = (0.0, 0.0)
         for k in range(self.n):
-            t_req = time.perf_counter()
+            req = (time.perf_counter(), time.process_time())
             if k:
-                self.theirs_s.append(t_req - handed)
+                self.theirs.append((req[0] - handed[0], req[1] - handed[1]))
             step_ours(self.ours, k)
-            self.ours_s.append(time.perf_counter() - t_req)
-            handed = time.perf_counter()
+            self.mine.append((time.perf_counter() - req[0], time.process_time() - req[1]))
+            handed = (time.perf_counter(), time.process_time())
             yield self.batch
-        self.theirs_s.append(time.perf_counter() - handed)
+        self.theirs.append((time.perf_counter() - handed[0], time.process_time() - handed[1]))
 
 
 def worker_timing(spec: PairSpec, batch: int, steps: int, seed: int) -> dict[str, Any]:
+    torch.set_num_threads(1)   # CPU time per step stays meaningful on a shared machine
     total = steps + 1
     t = setup_theirs(spec, batch, total, seed)
     o = setup_ours(spec, batch, total, seed)
     loader = _Interleaved(t["batch"], total, o)
     run_theirs(t, loader, seed)
-    return {"side": "timing", "theirs_s": loader.theirs_s[1:], "ours_s": loader.ours_s[1:],
+    return {"side": "timing", "theirs_s": loader.theirs[1:], "ours_s": loader.mine[1:],
             "input_list_s": t["build_s"], "replicas": t["replicas"],
             "subnets": [[(s.width, s.resolution) for s in p] for p in o["plan"]]}
 
@@ -218,10 +215,8 @@ def worker_memory(side: str, spec: PairSpec, batch: int, steps: int,
     total = steps + 1
     if side == "theirs":
         t = setup_theirs(spec, batch, total, seed)
-        loader = _Interleaved(t["batch"], total, {"plan": []})
-        loader.ours = None  # type: ignore[assignment]
         before = _maxrss_mb()
-        run_theirs(t, [t["batch"]] * total, seed)
+        run_theirs(t, _Repeat(t["batch"], total), seed)
     else:
         o = setup_ours(spec, batch, total, seed)
         before = _maxrss_mb()
@@ -313,6 +308,7 @@ def data_benchmark(epochs: int, workers: int) -> list[list[str]]:
                                        "resolution_list": [32, 28, 24, 20],
                                        "width_mult_range": [0.9, 1.0],
                                        "width_mult_list": [1.0]}, ["utils.datasets"])
+    warnings.filterwarnings("ignore", message=".*pin_memory.*no accelerator")  # theirs: True
     ds_mod = ref["utils.datasets"]
     ds_mod.datasets = types.SimpleNamespace(CIFAR10=_PilCifar)  # their torchvision handle
     their_loader = ds_mod.get_cifar()[0]
@@ -366,49 +362,41 @@ def _data_row(what: str, theirs: str, ours: str, t: list[float], o: list[float])
 
 # --------------------------------------------------------------------------- report
 
-def step_table(spec: PairSpec, args: argparse.Namespace,
-               runs: list[dict[str, Any]]) -> tuple[str, dict[str, float]]:
-    def side(name: str) -> list[dict[str, Any]]:
-        return [r for r in runs if r["side"] == name]
-
-    def rate(rs: list[dict[str, Any]]) -> float:
-        return args.batch / statistics.median([t for r in rs for t in r["step_s"]])
-
-    def mem(rs: list[dict[str, Any]]) -> float:
-        return max(r["rss_peak_mb"] - r["rss_before_mb"] for r in rs)
-
-    t, o = side("theirs"), side("ours")
-    tr, orate = rate(t), rate(o)
-    build = statistics.median(r["input_list_s"] for r in t)
-    tm, om = mem(t), mem(o)
+def step_table(spec: PairSpec, batch: int, timing: dict[str, Any],
+               memory: dict[str, dict[str, Any]]) -> str:
+    tr = batch / statistics.median(c for _, c in timing["theirs_s"])
+    orate = batch / statistics.median(c for _, c in timing["ours_s"])
+    tw = batch / statistics.median(w for w, _ in timing["theirs_s"])
+    ow = batch / statistics.median(w for w, _ in timing["ours_s"])
+    tm = memory["theirs"]["rss_peak_mb"] - memory["theirs"]["rss_before_mb"]
+    om = memory["ours"]["rss_peak_mb"] - memory["ours"]["rss_before_mb"]
     rows = [
         ["original `train()` step (DataParallel pass-through, input list given)",
-         f"{tr:.2f}", f"{args.batch / tr * 1000:.0f}", f"{tm:.0f}"],
-        ["original: building its per-sample input list for one batch (worker-side)",
-         "", f"{build * 1000:.0f}", ""],
-        ["ours `mutualnet.train.train_step` (resize inside the step)", f"{orate:.2f}",
-         f"{args.batch / orate * 1000:.0f}", f"{om:.0f}"],
-        ["**ratio ours / original**", f"**{orate / tr:.2f}x**", "",
+         f"{tr:.2f}", f"{batch / tr * 1000:.0f}", f"{tw:.2f}", f"{tm:.0f}"],
+        ["original: building its per-sample input list for this batch (loader-worker side)",
+         "", f"{timing['input_list_s'] * 1000:.0f}", "", ""],
+        ["ours `mutualnet.train.train_step` (resizes inside the step)", f"{orate:.2f}",
+         f"{batch / orate * 1000:.0f}", f"{ow:.2f}", f"{om:.0f}"],
+        ["**ratio ours / original**", f"**{orate / tr:.2f}x**", "", f"{ow / tw:.2f}x",
          f"{om / tm:.2f}x" if tm > 0 else "n/a"],
     ]
-    table = markdown_table(["CPU, " + f"{spec.ours} [{spec.width_range[0]}, "
-                            f"{spec.width_range[1]}], batch {args.batch}, 224 px",
-                            "images/s (median step)", "ms/step", "peak RSS growth MB"], rows)
-    return table, {"ratio": orate / tr, "theirs": tr, "ours": orate}
+    return markdown_table([f"CPU, 1 thread, {spec.ours} [{spec.width_range[0]}, "
+                           f"{spec.width_range[1]}], batch {batch}, 224 px",
+                           "images per CPU-second (median step)", "CPU ms/step",
+                           "images/s wall (median step)", "peak RSS growth MB"], rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="mobilenet_v1", help="our model name (a MutualNet pair)")
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=4, help="timed steps per run (+1 warm-up)")
-    ap.add_argument("--rounds", type=int, default=2, help="runs per side, alternating")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per side (+1 warm-up)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-epochs", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--no-data", action="store_true", help="skip the data pipeline part")
     ap.add_argument("--no-record", action="store_true", help="print only, leave BENCHMARKS.md")
-    ap.add_argument("--worker", choices=("theirs", "ours"), help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=("timing", "theirs", "ours"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     msg = missing_message(["MutualNet"])
     if msg:
@@ -416,49 +404,51 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     spec = find_pair(args.model)
     if args.worker:
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
-        fn = worker_theirs if args.worker == "theirs" else worker_ours
-        print(json.dumps(fn(spec, args.batch, args.steps, args.seed)))
+        if args.worker == "timing":
+            res = worker_timing(spec, args.batch, args.steps, args.seed)
+        else:
+            res = worker_memory(args.worker, spec, args.batch, args.steps, args.seed)
+        print(json.dumps(res))
         return 0
-    runs = []
-    for k in range(args.rounds):
-        for side in ("theirs", "ours"):
-            r = run_worker(side, args)
-            print(f"round {k + 1} {side}: ms/step "
-                  f"{', '.join(f'{t * 1000:.0f}' for t in r['step_s'])}, peak RSS growth "
-                  f"{r['rss_peak_mb'] - r['rss_before_mb']:.0f} MB", flush=True)
-            runs.append(r)
-    table, _ = step_table(spec, args, runs)
-    ours_draws = next(r["subnets"] for r in runs if r["side"] == "ours")
-    replicas = {r["data_parallel_replicas"] for r in runs if r["side"] == "theirs"}
+    timing = run_worker("timing", args, args.steps)
+    print("CPU ms/step theirs " + ", ".join(f"{c * 1000:.0f}" for _, c in timing["theirs_s"])
+          + " | ours " + ", ".join(f"{c * 1000:.0f}" for _, c in timing["ours_s"]), flush=True)
+    memory = {side: run_worker(side, args, 2) for side in ("theirs", "ours")}
+    for side, m in memory.items():
+        print(f"{side}: peak RSS growth {m['rss_peak_mb'] - m['rss_before_mb']:.0f} MB",
+              flush=True)
+    draws = timing["subnets"][1]
     parts = [
         f"References: {commits_line(['MutualNet'])}.",
         "",
-        table,
+        step_table(spec, args.batch, timing, memory),
         "",
-        f"{args.rounds} runs per side in fresh processes, alternating, {args.steps} timed "
-        "steps each after one warm-up step; the same synthetic batch and the same subnet "
-        "draws on both sides (original's numpy/random draws replayed; first step: "
-        + ", ".join(f"{w:.3f}@{r}" for w, r in ours_draws[1]) + "). "
-        f"DataParallel replicas on this machine: {sorted(replicas)} (no CUDA: a pass-through). "
-        "Peak memory: growth of `ru_maxrss` (resident-set high-water mark) over the timed "
-        "steps in that process. GPU: not measured (no GPU in this run)."
-        if not torch.cuda.is_available() else "GPU present but this script measures CPU only.",
+        "One process with one intra-op thread (CPU time per step is then the work done, "
+        "whatever else the shared machine runs; wall time is shown too), "
+        "the two steps alternating (original, ours, original, ...), "
+        f"{args.steps} timed steps each after one warm-up step (the original logs on it); "
+        "the same synthetic batch and the same subnets on both sides (the original's "
+        "numpy/random draws, replayed for ours; first timed step: "
+        + ", ".join(f"w {w:.3f} @ {r}" for w, r in draws) + "). "
+        f"DataParallel replicas here: {timing['replicas']} (no CUDA: a pass-through). "
+        "Peak memory: each side alone in a fresh process, growth of `ru_maxrss` (the "
+        "resident-set high-water mark) over 3 steps. "
+        + ("GPU: not measured (no GPU in this run)." if not torch.cuda.is_available()
+           else "GPU present, but this script measures the CPU only."),
     ]
     if not args.no_data:
         rows = data_benchmark(args.data_epochs, args.workers)
         parts += ["", "Data pipeline (CPU, images/s, median of "
-                  f"{args.data_epochs} epochs, alternating):", "",
+                  f"{args.data_epochs} epochs, original and ours alternating):", "",
                   markdown_table(["data", "original pipeline", "original img/s",
                                   "ours", "ours img/s", "ratio ours / original"], rows)]
     body = "\n".join(parts)
     if args.no_record:
         print(body)
     else:
+        extra = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--no-record"]
         write_section("peer_step", "Against the original implementations: training step",
-                      body, "python benchmarks/peer/train_step.py " + " ".join(
-                          a for a in (argv if argv is not None else sys.argv[1:])
-                          if a != "--no-record"))
+                      body, " ".join(["python benchmarks/peer/train_step.py", *extra]))
     return 0
 
 

@@ -10,8 +10,12 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    import numpy as np
 
 BACKEND = click.Choice(["auto", "tensorrt", "onnxruntime"])
 
@@ -108,7 +112,7 @@ def profile_cmd(manifest: Path, backend: str, device: str | None, duration: floa
     click.echo(f"latencies written to {Path(manifest)}")
 
 
-def _read_image(path: Path) -> object:
+def _read_image(path: Path) -> np.ndarray:
     from export.errors import BackendUnavailableError, ExportUsageError
 
     try:

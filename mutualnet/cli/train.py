@@ -79,6 +79,10 @@ def train_cmd(config: str | None, overrides: tuple[str, ...], out_dir: str | Non
         raise UsageError(f"{out} already holds a checkpoint; pass --resume to continue it or "
                          "choose another --out")
     result = train(cfg, out, resume=resume, progress=not quiet)
+    if not result.history:
+        click.echo(f"nothing to do: {out} already completed {result.epoch} of "
+                   f"{result.config.num_epochs} epochs (checkpoint {result.checkpoint})")
+        return
     last = result.history[-1] if result.history else {}
     val = last.get("val", {})
     summary = "  ".join(f"{k} top-1 {v['top1']:.2f}%" for k, v in val.items())

@@ -21,6 +21,8 @@ from ..errors import UsageError
               help="mobilenet_v1 padding [default: tf_same for TFLite files].")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Class names, one a line, stored in the checkpoint.")
+@click.option("--dataset-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="ImageFolder root (train/, val/) recorded in the config for train/eval/export.")
 @click.option("--allow-missing", is_flag=True,
               help="Import even if some tensors are not in the file or have no place.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
@@ -28,7 +30,8 @@ from ..errors import UsageError
 @click.option("--force", is_flag=True, help="Overwrite an existing checkpoint in --out.")
 def import_weights_cmd(source: Path, model_name: str, width: float | None,
                        num_classes: int | None, padding: str | None, labels: Path | None,
-                       allow_missing: bool, out_dir: Path, force: bool) -> None:
+                       dataset_dir: Path | None, allow_missing: bool, out_dir: Path,
+                       force: bool) -> None:
     """Map pretrained weights in SOURCE onto a supernet by name and shape; save a checkpoint."""
     from ..checkpoint import CHECKPOINT_FILE
     from ..weights import import_weights
@@ -46,7 +49,8 @@ def import_weights_cmd(source: Path, model_name: str, width: float | None,
     model, report = import_weights(source, model_name, width=width, num_classes=num_classes,
                                    allow_missing=allow_missing, model_kwargs=kwargs)
     classes = read_labels(labels, report.num_classes) if labels is not None else None
-    path = save_imported(out_dir, model, report, classes=classes)
+    path = save_imported(out_dir, model, report, classes=classes,
+                         dataset_dir=None if dataset_dir is None else str(dataset_dir.resolve()))
     click.echo(report.summary())
     click.echo(f"wrote {path}")
 

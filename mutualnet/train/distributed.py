@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -87,8 +88,8 @@ def wrap(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
     import inspect
 
     params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
-    sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in params
-            else {"broadcast_buffers": False})
+    sync: dict[str, Any] = ({"forward_sync_buffers": False} if "forward_sync_buffers" in params
+                            else {"broadcast_buffers": False})
     return nn.parallel.DistributedDataParallel(model, device_ids=ids, **sync)
 
 

@@ -22,8 +22,8 @@ from ..errors import UsageError
 from ..slimmable import SlimBatchNorm2d, SlimmableNet
 from .common import ImportReport, apply_placement, check_complete, classifier_name
 
-__all__ = ["IMAGENET_PREPROCESSING", "ImportReport", "detect_format", "import_weights",
-           "load_pretrained"]
+__all__ = ["IMAGENET_PREPROCESSING", "ImportReport", "detect_format", "external_format",
+           "import_weights", "load_pretrained"]
 
 #: What torchvision's ImageNet weights expect (resize 256, center crop 224).
 IMAGENET_PREPROCESSING: dict[str, Any] = {
@@ -31,6 +31,18 @@ IMAGENET_PREPROCESSING: dict[str, Any] = {
     "channel_order": "RGB", "input_scale": 255.0, "interpolation": "bilinear", "layout": "NCHW",
 }
 TFLITE_MODELS = ("mobilenet_v1",)
+
+
+def external_format(path: str | Path) -> str | None:
+    """``"tflite"`` / ``"torchvision"`` for a file this package imports, else None (never raises).
+
+    A config's ``pretrained:`` uses it to tell foreign weights from a mutualnet checkpoint
+    (a run directory or ``.safetensors`` file), which it loads with ``load_weights``.
+    """
+    try:
+        return detect_format(path)
+    except (UsageError, OSError):
+        return None
 
 
 def detect_format(path: str | Path) -> str:
@@ -44,11 +56,13 @@ def detect_format(path: str | Path) -> str:
     if is_tflite(p):
         return "tflite"
     with open(p, "rb") as f:
-        head = f.read(4)
-    if head == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save zip / legacy pickle
+        head = f.read(9)
+    if head[:4] == b"PK\x03\x04" or head[:3] == b"\x80\x02\x8a":  # torch.save zip / legacy
         return "torchvision"
+    hint = ("; it is a safetensors file: a mutualnet checkpoint is used as it is, not imported"
+            if head[8:9] == b"{" else "")
     raise UsageError(f"{p}: neither a torchvision state dict (torch.save file) nor a TFLite "
-                     f"model (no 'TFL3' identifier); nothing to import")
+                     f"model (no 'TFL3' identifier); nothing to import{hint}")
 
 
 def import_weights(source: str | Path, model_name: str, *, width: float | None = None,

@@ -27,8 +27,11 @@ def read_labels(path: str | os.PathLike[str], num_classes: int) -> tuple[str, ..
     return tuple(names)
 
 
-def checkpoint_config(model: SlimmableNet, report: ImportReport) -> Any:
+def checkpoint_config(model: SlimmableNet, report: ImportReport, *,
+                      dataset_dir: str | None = None) -> Any:
     """The TrainConfig recorded with imported weights (ImageNet-style data, file's kwargs).
+
+    ``dataset_dir``: the ImageFolder root (``train/``, ``val/``) later commands should use.
 
     Input normalization is recorded by ``input_mean``/``input_std`` where the config has
     those fields; the full preprocessing always goes into the checkpoint's ``extra``.
@@ -41,6 +44,7 @@ def checkpoint_config(model: SlimmableNet, report: ImportReport) -> Any:
         "num_classes": report.num_classes,
         "width_mult_range": list(model.width_range),
         "dataset": "imagefolder",
+        "dataset_dir": dataset_dir,
     }
     if report.resolution is not None:
         d["image_size"] = report.resolution
@@ -53,10 +57,11 @@ def checkpoint_config(model: SlimmableNet, report: ImportReport) -> Any:
 
 
 def save_imported(out_dir: str | os.PathLike[str], model: SlimmableNet, report: ImportReport,
-                  *, classes: Sequence[str] | None = None) -> Path:
+                  *, classes: Sequence[str] | None = None,
+                  dataset_dir: str | None = None) -> Path:
     """Atomically write ``out_dir/checkpoint.safetensors``; returns its path."""
     from ..checkpoint import save_checkpoint
 
-    config = checkpoint_config(model, report)
+    config = checkpoint_config(model, report, dataset_dir=dataset_dir)
     return save_checkpoint(out_dir, model, config, extra_meta={"imported": report.to_dict()},
                            classes=None if classes is None else tuple(classes))

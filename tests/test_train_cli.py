@@ -1,0 +1,97 @@
+"""`mutualnet train`, `eval`, `best`: exit codes, one-line errors, files written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mutualnet.cli import cli
+
+QUICK = ["--set", "max_train_images=128", "--set", "batch_size=64", "--set",
+         "eval_each_epoch=false", "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert "Traceback" not in result.output
+    return result.exit_code, result.output
+
+
+@pytest.mark.parametrize("args, match", [
+    (["train", "--set", "bogus=1"], "unknown config key 'bogus'"),
+    (["train", "no/such/config.yml"], "not found"),
+    (["train", "--set", "lr=abc"], "lr must be a number"),
+    (["train", "--set", "lr"], "expected key=value"),
+    (["train", "--set", "dataset=cifar100"], "needs a root"),
+    (["eval", "no/such/run"], "does not exist"),
+    (["best", "no/such/eval.json", "--budget-mflops", "1"], "not found"),
+    (["eval", "x", "--widths", "a,b"], "not a number"),
+])
+def test_bad_input_exits_2_with_one_line(args: list[str], match: str) -> None:
+    code, out = run(*args, *(["--quiet"] if args[0] == "train" else []))
+    assert code == 2, out
+    assert match in out
+    assert len([line for line in out.splitlines() if line.startswith("Error")]) <= 1
+
+
+def test_corrupt_checkpoint_exits_2(tmp_path: Path) -> None:
+    bad = tmp_path / "checkpoint.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    code, out = run("eval", tmp_path)
+    assert code == 2 and ("corrupt" in out or "not a readable" in out), out
+
+
+def test_train_resume_and_refuse_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    code, text = run("train", "--epochs", "1", "--out", out, *QUICK)
+    assert code == 0, text
+    assert "trained 1 epochs (2 steps)" in text
+    assert (out / "checkpoint.safetensors").is_file() and (out / "metrics.jsonl").is_file()
+    code, text = run("train", "--epochs", "1", "--out", out, *QUICK)
+    assert code == 2 and "--resume" in text
+    code, text = run("train", "--resume", "--out", out, "--quiet")  # the run's own config
+    assert code == 0 and "already completed 1 of 1 epochs" in text
+
+
+def test_eval_best_and_test_only(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    ev = tmp_path / "ev"
+    code, text = run("eval", tiny_checkpoint, "--widths", "0.25,1.0", "--resolutions", "32,20",
+                     "--limit", "200", "--calib-images", "200", "--out", ev, "--quiet")
+    assert code == 0, text
+    lines = text.splitlines()
+    assert lines[0].split()[:5] == ["width", "res", "MACs", "top-1", "top-5"]
+    assert {p.name for p in ev.iterdir()} == {"eval.csv", "eval.json", "eval.png"}
+    points = json.loads((ev / "eval.json").read_text())["points"]
+    assert [p["macs"] for p in points] == sorted(p["macs"] for p in points)
+
+    code, text = run("best", ev / "eval.json", "--budget-mflops", "0.5", "--json")
+    assert code == 0, text
+    chosen = json.loads(text)
+    assert chosen["mflops"] <= 0.5
+    assert chosen["top1"] == max(p["top1"] for p in points if p["mflops"] <= 0.5)
+    code, text = run("best", ev, "--budget-mflops", "0.01")
+    assert code == 2 and "no subnet fits" in text
+
+    out = tmp_path / "test_only"
+    code, text = run("train", "--set", "test_only=true", "--set", f"pretrained={tiny_checkpoint}",
+                     "--set", "width_mult_list=[0.25, 0.5, 1.0]", "--set", "resolution_list=[32]",
+                     "--set", "max_val_images=100", "--set", "calib_images=100",
+                     "--out", out, "--quiet")
+    assert code == 0, text
+    assert len(json.loads((out / "eval" / "eval.json").read_text())["points"]) == 3
+
+    code, text = run("train", "--set", "model=mobilenet_v1", "--set", "test_only=true",
+                     "--set", f"pretrained={tiny_checkpoint}", "--out", out, "--quiet")
+    assert code == 2 and "'tiny_mobilenet'" in text and "'mobilenet_v1'" in text
