@@ -76,7 +76,7 @@ class ExportOptions:
     data: str | None = None  # override the checkpoint's data (see resolve_data_spec)
     force: bool = False  # replace an existing non-empty output directory
     exporter: str = DEFAULT_EXPORTER
-    device: str = "cpu"  # where BN calibration runs; parity always runs on the CPU
+    device: str = "auto"  # where BN calibration runs (auto: cuda if present); parity: CPU
     progress: bool = True
     seed: int = 0
 
@@ -188,6 +188,19 @@ def parse_pairs(text: str) -> tuple[Pair, ...]:
     return tuple(out)
 
 
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a CUDA device is present, else ``cpu``; checks the others."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ExportUsageError(f"--device {device}: no CUDA device here; use --device cpu")
+    if not device.startswith(("cpu", "cuda")):
+        raise ExportUsageError(f"unknown device {device!r}; use auto, cpu or cuda")
+    return device
+
+
 def resolve_data_spec(config: Any, data: str | None) -> Any:
     """The data to calibrate and check on: the config's, or ``data`` instead.
 
@@ -251,6 +264,7 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.Path
     if options.calib_images is not None and options.calib_images < 0:
         raise ExportUsageError("--calib-images must be >= 0 (0 keeps the stored BN statistics)")
     profile = load_profile(options.profile)
+    options = dataclasses.replace(options, device=resolve_device(options.device))
     ckpt = load_checkpoint(checkpoint, map_location="cpu")
     model, config = ckpt.model.eval(), ckpt.config
     grid = plan_grid(model, widths=options.widths, resolutions=options.resolutions,
@@ -277,7 +291,8 @@ def _prepare(model: Any, config: Any, profile: DeployProfile,
 
     spec = resolve_data_spec(config, options.data)
     calib = config.calib_images if options.calib_images is None else options.calib_images
-    train = load_data(spec, "train") if calib > 0 else None
+    train_spec = dataclasses.replace(spec, max_images=config.max_train_images)
+    train = load_data(train_spec, "train") if calib > 0 else None
     val = load_data(dataclasses.replace(spec, max_images=options.eval_images), "val")
     num_classes = model_num_classes(model)
     if val.num_classes > num_classes:

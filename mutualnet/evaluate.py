@@ -255,6 +255,12 @@ def plot_grid(runs: Sequence[tuple[str, Sequence[GridPoint]]], path: Path) -> No
         ax.plot([p.mflops for p in front], [p.top1 for p in front], "-o", color=color,
                 markersize=5, label=f"{label} (Pareto front)")
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel("MFLOPs (MACs), log scale")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title("Accuracy vs computation per (width, resolution)")

@@ -439,3 +439,27 @@ def test_corrupt_npz_and_jpeg(tmp_path: Path) -> None:
     np.savez(bad, **arrays)  # type: ignore[arg-type]
     with pytest.raises(UsageError, match="image 0 of the npz is not a readable JPEG"):
         load_data(DataSpec("npz", str(bad)), "val")
+
+
+def test_crop_resize_boxes() -> None:
+    from mutualnet.data.transforms import crop_resize, random_resized_boxes
+
+    x = torch.rand(3, 3, 16, 20)
+    whole = torch.tensor([[0.0, 0.0, 16.0, 20.0]]).repeat(3, 1)
+    torch.testing.assert_close(F.interpolate(x, size=(16, 16), mode="bilinear",
+                                             align_corners=False),
+                               crop_resize(x, whole, 16))
+    square = torch.tensor([[2.0, 3.0, 12.0, 12.0]]).repeat(3, 1)
+    flip = torch.tensor([False, True, False])
+    out = crop_resize(x, square, 12, flip)
+    torch.testing.assert_close(out[0], x[0, :, 2:14, 3:15])
+    torch.testing.assert_close(out[1], x[1, :, 2:14, 3:15].flip(-1))
+    half = crop_resize(x, square, 6)  # 2x down: samples stay inside the box
+    ref = F.interpolate(x[:, :, 2:14, 3:15], size=(6, 6), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(half, ref)
+    boxes = random_resized_boxes(500, 16, 20, (0.25, 1.0), torch.Generator().manual_seed(0))
+    top, left, bh, bw = boxes.unbind(1)
+    assert (top >= 0).all() and (left >= 0).all()
+    assert (top + bh <= 16).all() and (left + bw <= 20).all()
+    area = bh * bw / (16 * 20)
+    assert area.min() >= 0.2 and area.max() <= 1.0 and area.std() > 0.1

@@ -38,7 +38,8 @@ class PairSpec:
     @property
     def label(self) -> str:
         short = "MutualNet" if self.ref == "MutualNet" else "US-Nets"
-        return f"{self.ours} vs {short} {self.module.split('.')[-1]}"
+        lo, hi = self.width_range
+        return f"{self.ours} [{lo}, {hi}] vs {short} {self.module.split('.')[-1]}"
 
     def widths(self) -> tuple[float, float, float]:
         lo, hi = self.width_range
@@ -53,10 +54,23 @@ PAIRS: tuple[PairSpec, ...] = (
     PairSpec("wrn28_10", "MutualNet", "models.wideresnet", (0.9, 1.0), (32, 24),
              num_classes=10, flags={"dataset": "cifar10", "depth": 28, "widen_factor": 10,
                                     "dropoutrate": 0.0, "image_size": 32}),
+    # the paper's scaled-up MobileNet v1 (w = 1.6): allocation above width 1.0
+    PairSpec("mobilenet_v1", "MutualNet", "models.mobilenet_v1", (0.25, 1.6), (224, 128)),
     PairSpec("mobilenet_v1", "slimmable_networks", "models.us_mobilenet_v1", (0.25, 1.0),
              (224, 128), fixed_resolution=True),
     PairSpec("mobilenet_v2", "slimmable_networks", "models.us_mobilenet_v2", (0.35, 1.0),
              (224, 128), fixed_resolution=True),
+)
+
+
+#: Pairs that cannot be equal, checked to fail exactly as explained (see equivalence.py).
+DIVERGENT: tuple[tuple[PairSpec, str, str], ...] = (
+    (PairSpec("mobilenet_v2", "MutualNet", "models.mobilenet_v2", (0.7, 1.2), (224, 128)),
+     "features.18.0.weight conv.weight (1280, ",
+     "above width 1.0 MutualNet's MobileNet v2 keeps its last conv at 1280 outputs "
+     "(`self.outp = make_divisible(1280)`), while US-Nets and torchvision widen it to "
+     "make_divisible(1280 x max width) (1536 at 1.2), as ours does. No MutualNet config "
+     "trains MobileNet v2 above width 1.0 (its range is [0.7, 1.0]), where all agree."),
 )
 
 

@@ -34,16 +34,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks._report import markdown_table, write_section  # noqa: E402
 from benchmarks.peer._pairs import (  # noqa: E402
+    DIVERGENT,
     PAIRS,
     PairSpec,
     Theirs,
     build_ours,
+    build_theirs,
     calibrate_ours,
     channel_record,
     copy_weights,
     first_mismatch,
     layer_modules,
     load_ref,
+    map_parameters,
     randomize,
     resize,
     set_reference_width,
@@ -201,11 +204,28 @@ def run_pair(spec: PairSpec, seed: int = 0) -> PairResult:
                       time.perf_counter() - t0)
 
 
+def check_divergent() -> list[tuple[str, str]]:
+    """Build every DIVERGENT pair and confirm that the mapping fails where explained."""
+    out = []
+    for spec, expect, why in DIVERGENT:
+        if missing_message([spec.ref]):
+            continue
+        ref = load_ref(spec, spec.widths())
+        try:
+            map_parameters(build_theirs(ref, spec), build_ours(spec))
+        except AssertionError as exc:
+            status = "as explained" if expect in str(exc) else f"UNEXPECTED: {exc}"
+            out.append((spec.label, f"{exc} ({status}): {why}"))
+        else:
+            out.append((spec.label, "UNEXPECTED: the mapping now succeeds; move it to PAIRS"))
+    return out
+
+
 def _fmt(v: float) -> str:
     return "0" if v == 0 else f"{v:.1e}"
 
 
-def report(results: list[PairResult]) -> str:
+def report(results: list[PairResult], divergent: list[tuple[str, str]]) -> str:
     rows = []
     for res in results:
         w = res.worst
@@ -233,6 +253,7 @@ def report(results: list[PairResult]) -> str:
         for p in res.points:
             detail.append(f"| {res.spec.label} | {p.width} | {p.resolution} | "
                           f"{_fmt(p.max_abs_diff)} | {p.max_abs_logit:.2f} |")
+    div = "".join(f"\n- {label}: {text}" for label, text in divergent)
     return (f"References: {commits_line()}.\n\n{table}\n\n"
             "Random weights (BN affine and biases too), eval mode; BN statistics calibrated "
             f"on the same {CALIB_BATCHES} batches of {CALIB_BATCH} random images per point "
@@ -240,7 +261,9 @@ def report(results: list[PairResult]) -> str:
             f"BN-stat diff is 0 by construction); logits on {EVAL_BATCH} further images, "
             "resized bilinearly (align_corners=True). Tolerance: 1e-5 x max(1, max |logit|). "
             "The originals evaluate only widths listed in `width_mult_list` (their "
-            "per-width BN holders), so the three widths are put there.\n\n"
+            "per-width BN holders; any other width fails in eval mode with \"running_mean "
+            "must be defined\"), so the three widths are put there."
+            + (f"\n\nNot comparable, by design:{div}" if div else "") + "\n\n"
             "<details><summary>every point</summary>\n\n" + "\n".join(detail)
             + "\n\n</details>")
 
@@ -265,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(res)
     if not results:
         return 0
-    body = report(results)
+    body = report(results, check_divergent() if wanted is None else [])
     cmd = "python benchmarks/peer/equivalence.py" + (f" --models {args.models}"
                                                     if args.models else "")
     if args.no_record:

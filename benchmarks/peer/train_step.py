@@ -103,28 +103,30 @@ class _Repeat:
         return iter([self.batch] * self.n)
 
 
-def synthetic(batch: int, num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def synthetic(batch: int, num_classes: int, seed: int,
+              side: int = RESOLUTIONS[0]) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch, 3, RESOLUTIONS[0], RESOLUTIONS[0], generator=g),
+    return (torch.randn(batch, 3, side, side, generator=g),
             torch.randint(0, num_classes, (batch,), generator=g))
 
 
-def setup_theirs(spec: PairSpec, batch: int, total: int, seed: int) -> dict[str, Any]:
+def setup_theirs(spec: PairSpec, batch: int, total: int, seed: int,
+                 resolutions: tuple[int, ...] = RESOLUTIONS) -> dict[str, Any]:
     """The original's pieces for ``train()``: model in DataParallel, its optimizer and
     scheduler, and the batch as its loader yields it (per-sample input lists, collated)."""
     ref = load_ref(spec, [spec.width_range[0], spec.width_range[1]],
                    extra=("train", "utils.transforms"))
     ref.flags.batch_size = batch
-    ref.flags.resolution_list = list(RESOLUTIONS)
+    ref.flags.resolution_list = list(resolutions)
     train_mod = ref["train"]
     train_mod.logger.setLevel(logging.WARNING)
     torch.manual_seed(seed)
-    model = ref[spec.module].Model(spec.num_classes, input_size=RESOLUTIONS[0])
+    model = ref[spec.module].Model(spec.num_classes, input_size=resolutions[0])
     wrapper = torch.nn.DataParallel(model)   # CPU: device_ids == [], forward passes through
     optimizer = train_mod.get_optimizer(wrapper)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
-    x, y = synthetic(batch, spec.num_classes, seed)
-    to_list = ref["utils.transforms"].InputList(list(RESOLUTIONS))
+    x, y = synthetic(batch, spec.num_classes, seed, resolutions[0])
+    to_list = ref["utils.transforms"].InputList(list(resolutions))
     t0 = time.perf_counter()
     input_list = torch.utils.data.default_collate([to_list(x[i]) for i in range(batch)])
     build_s = time.perf_counter() - t0

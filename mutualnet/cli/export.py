@@ -31,8 +31,9 @@ from ._params import FLOATS, INTS
 @click.option("--data", default=None, metavar="NAME|NAME:PATH|PATH",
               help="Data to calibrate and check on instead of the checkpoint's, e.g. "
                    "npz:../shared/data/cifar10_jpeg.npz.")
-@click.option("--device", default="cpu", show_default=True,
-              help="Device for BN calibration (cpu, cuda); parity always runs on the CPU.")
+@click.option("--device", default="auto", show_default=True,
+              help="Device for BN calibration: auto (cuda if present), cpu, cuda; parity "
+                   "always runs on the CPU.")
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript",
               show_default=True, help="ONNX exporter (torchscript is ~40x faster here).")
 @click.option("--force", is_flag=True, help="Replace a non-empty output directory.")

@@ -149,7 +149,7 @@ class TensorImageData(ImageData):
             boxes = random_resized_boxes(len(f), f.shape[2], f.shape[3],
                                          RRC_SCALE[spec.augment], gen)
             flip = torch.rand(len(f), generator=gen) < 0.5
-            f = crop_resize(f, boxes, size, flip.to(f.device))
+            f = crop_resize(f, boxes, size, flip)  # parameters stay on the CPU
             x = color_jitter(f, gen, COLOR_JITTER)
         else:
             x = x.permute(0, 3, 1, 2)
@@ -243,8 +243,26 @@ class LoaderImageData(ImageData):
         except UsageError as e:
             # A worker's error arrives with its traceback in the message: keep the last line.
             message = str(e).strip().splitlines()[-1].split("UsageError: ", 1)[-1]
-        del it  # shut the workers down now, not when the traceback is collected
+        _close_loader(it)
         raise UsageError(message)
+
+
+def _close_loader(it: Any) -> None:
+    """Shut a DataLoader iterator's workers down now, after a worker failed.
+
+    Waits for the index queues' feeder threads before the queues can be garbage-collected:
+    dropping them while a feeder still closes its pipe makes CPython close the same file
+    descriptor twice ("Exception in thread QueueFeederThread ... Bad file descriptor").
+    Uses DataLoader internals defensively; without them it only drops the iterator.
+    """
+    try:
+        it._shutdown_workers()
+        for q in getattr(it, "_index_queues", ()):
+            feeder = getattr(q, "_thread", None)
+            if feeder is not None:
+                feeder.join(timeout=5)
+    except Exception:  # pragma: no cover - internals changed; plain teardown still works
+        pass
 
 
 def folder_loader(split: FolderSplit) -> Callable[[int], Any]:

@@ -104,11 +104,11 @@ def crop_resize(x: torch.Tensor, boxes: torch.Tensor, size: int,
     without antialiasing). ``flip`` (bool per image) mirrors horizontally at the same time.
     """
     n, _, h, w = x.shape
-    top, left, bh, bw = boxes.to(torch.float32).unbind(1)
+    top, left, bh, bw = boxes.detach().cpu().to(torch.float32).unbind(1)
     sx = bw / w
     sy = bh / h
     if flip is not None:
-        sx = torch.where(flip, -sx, sx)
+        sx = torch.where(flip.cpu(), -sx, sx)
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0] = sx
     theta[:, 0, 2] = (2 * left + bw) / w - 1
