@@ -86,6 +86,7 @@ def main() -> None:
     ap.add_argument("--gpu", action="store_true", help="also run the GPU rows (needs CUDA)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args()
+    load = __import__("os").getloadavg()
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
@@ -118,7 +119,12 @@ def main() -> None:
              "A last column near 1.0 means the step costs what its subnets' MACs predict; above "
              "1.0 is per-subnet overhead (resize, extra kernel launches, small layers that use "
              "the CPU poorly).")
-    cmd = "python benchmarks/train_step.py" + (" --quick" if args.quick else "")
+    import os
+
+    body += (f"\n\nCPU load average when the run started: {load[0]:.1f} on {os.cpu_count()} cores "
+             "(other processes share this machine; absolute img/s are noisy, the ratios are "
+             "measured interleaved in one process).")
+    cmd = " ".join(["python benchmarks/train_step.py", *sys.argv[1:]])
     write_section("train_step", "Training step: mutual learning vs a plain step", body, cmd)
 
 

@@ -86,6 +86,8 @@ class OrtRunner:
                 f"{', '.join(ort.get_available_providers())}); use another backend")
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        # no busy-waiting worker threads: parity often runs on a shared, busy CPU
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads is not None:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1

@@ -54,7 +54,7 @@ from benchmarks.peer._pairs import (  # noqa: E402
 from benchmarks.peer._refs import commits_line, cpu_cuda_shim, missing_message  # noqa: E402
 from mutualnet.slimmable import SlimmableNet  # noqa: E402
 
-CALIB_BATCHES, CALIB_BATCH, EVAL_BATCH = 2, 4, 2
+CALIB_BATCHES, CALIB_BATCH, EVAL_BATCH = 2, 2, 2
 GRID_STEPS = 13
 
 
@@ -221,11 +221,31 @@ def check_divergent() -> list[tuple[str, str]]:
     return out
 
 
+@torch.no_grad()
+def us_nets_calibration_moves_stats() -> bool | None:
+    """US-Nets' own calibration steps, as its ``run_one_epoch(phase='cal')`` runs them
+    (``model.eval()``, ``model.apply(bn_calibration_init)`` with cumulative_bn_stats, then
+    forwards): do the USBatchNorm2d statistics change? None when US-Nets is absent."""
+    if missing_message(["slimmable_networks"]):
+        return None
+    spec = next(s for s in PAIRS if s.ref == "slimmable_networks")
+    ref = load_ref(spec, [1.0], extra=("models.slimmable_ops",))
+    ref.flags.cumulative_bn_stats = True
+    model = build_theirs(ref, spec)
+    model.eval()
+    model.apply(ref["models.slimmable_ops"].bn_calibration_init)
+    set_reference_width(model, 1.0)
+    model(torch.randn(4, 3, spec.resolutions[0], spec.resolutions[0]))
+    bn = [m for _, m in layer_modules(model) if hasattr(m, "bn")]
+    return any(bool((m.bn[0].running_mean != 0).any()) for m in bn)
+
+
 def _fmt(v: float) -> str:
     return "0" if v == 0 else f"{v:.1e}"
 
 
-def report(results: list[PairResult], divergent: list[tuple[str, str]]) -> str:
+def report(results: list[PairResult], divergent: list[tuple[str, str]],
+           us_cal: bool | None = None) -> str:
     rows = []
     for res in results:
         w = res.worst
@@ -258,7 +278,13 @@ def report(results: list[PairResult], divergent: list[tuple[str, str]]) -> str:
             "Random weights (BN affine and biases too), eval mode; BN statistics calibrated "
             f"on the same {CALIB_BATCHES} batches of {CALIB_BATCH} random images per point "
             "(MutualNet: its own `ComputePostBN.ComputeBN`; US-Nets: ours copied in, so its "
-            f"BN-stat diff is 0 by construction); logits on {EVAL_BATCH} further images, "
+            "BN-stat diff is 0 by construction"
+            + ("; US-Nets' own calibration steps leave its USBatchNorm2d statistics at "
+               "their reset values here: its `run_one_epoch(phase='cal')` puts the model in "
+               "eval mode and `bn_calibration_init` switches to training only the modules "
+               "that track running stats, i.e. the per-width holders, never the "
+               "USBatchNorm2d that is called" if us_cal is False else "")
+            + f"); logits on {EVAL_BATCH} further images, "
             "resized bilinearly (align_corners=True). Tolerance: 1e-5 x max(1, max |logit|). "
             "The originals evaluate only widths listed in `width_mult_list` (their "
             "per-width BN holders; any other width fails in eval mode with \"running_mean "
@@ -288,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         results.append(res)
     if not results:
         return 0
-    body = report(results, check_divergent() if wanted is None else [])
+    body = report(results, check_divergent() if wanted is None else [],
+                  us_nets_calibration_moves_stats())
     cmd = "python benchmarks/peer/equivalence.py" + (f" --models {args.models}"
                                                     if args.models else "")
     if args.no_record:

@@ -275,7 +275,7 @@ def report(rows: list[Row], crash: list[str], readme: list[ReadmeCheck]) -> str:
                        if c.skipped else "") for c in readme)
         + ".",
         "- **Parameters**: their profiler sums `module.parameters()` of each conv / linear, "
-        "i.e. the allocated (width-1.0) tensors at every width, and skips BatchNorm; ours "
+        "i.e. the allocated (maximum-width) tensors at every width, and skips BatchNorm; ours "
         "counts the active slices, with the BN affine after the slash. At the maximum width "
         "their number equals our conv+linear count.",
     ]

@@ -148,6 +148,10 @@ def train(
 
     from ..data import load_data
 
+    if config.test_only:
+        raise UsageError("test_only: true evaluates instead of training: call "
+                         "mutualnet.evaluate.run_eval(config.pretrained, config=config) "
+                         "(the CLI does this)")
     t_start = time.perf_counter()
     want = config.device
     pre = resolve_device(want)
@@ -247,7 +251,8 @@ def train(
                             "message": str(e)})
                     raise TrainingDivergedError(
                         f"training diverged at epoch {epoch + 1}, step {step}: {e}; {kept}. "
-                        f"Lower lr (now {lr:.4g}) or check the data") from None
+                        f"Start a new run with a lower lr (now {lr:.4g}) or check the data"
+                    ) from None
                 schedule.step()
                 lrs.append(lr)
                 ce = float(result.losses[0])
