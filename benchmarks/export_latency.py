@@ -19,6 +19,7 @@ Records the tables in BENCHMARKS.md (section "export_latency"). GPU rows: not me
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -209,9 +210,13 @@ def main() -> None:
     ap.add_argument("--skip-grid", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(2)
+    load_before = os.getloadavg()[0]
     lat, times = run_points(args.seconds, args.threads, args.images)
     grid = "" if args.skip_grid else run_grid()
+    load = f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
     body = (
+        f"1-minute load average of the (shared) machine: {load}; wall times above ~1 s "
+        "swing with other jobs' load, the latency ratio is measured side by side.\n\n"
         "MobileNet v1 (1000 classes, random init, BN calibrated on 64 real images per point). "
         f"ONNX Runtime CPUExecutionProvider, {args.threads} intra-op thread(s), batch 1, "
         f"{args.seconds:g} s of alternating runs per point after 0.2 s warm-up. \"plain\" is "

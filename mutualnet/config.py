@@ -63,7 +63,10 @@ class TrainConfig:
     dataset_dir: str | None = None
     data_transforms: str | None = None  # None: cifar for CIFAR-style data, else imagenet_mobile
     image_size: int | None = None  # base resolution; None: max(resolution_list)
-    image_resize: int | None = None  # eval resize of the shorter side (ImageNet: 256)
+    image_resize: int | None = None  # eval resize of the shorter side (ImageNet: 256;
+    # = image_size: "resize to the model size", as imported TFLite weights expect)
+    input_mean: tuple[float, float, float] | None = None  # RGB, 0-1 units; None: the data set's
+    input_std: tuple[float, float, float] | None = None  # RGB, 0-1 units; None: the data set's
     data_loader_workers: int = 2
     in_memory: bool | None = None
     max_train_images: int | None = None
@@ -90,7 +93,8 @@ class TrainConfig:
     eval_batch_size: int = 256
     # original project's run switches
     test_only: bool = False
-    pretrained: str | None = None
+    pretrained: str | None = None  # a mutualnet checkpoint, or torchvision .pth / .tflite weights
+    pretrained_allow_missing: bool = False  # external weights may leave tensors at init
     resume: str | None = None
 
     def __post_init__(self) -> None:
@@ -162,6 +166,7 @@ class TrainConfig:
             "image_size": self.base_resolution, "resize": self.image_resize,
             "augment": self.resolved_transforms, "workers": self.data_loader_workers,
             "in_memory": self.in_memory, "max_images": limit,
+            "input_mean": self.input_mean, "input_std": self.input_std,
         }
         return DataSpec(**kwargs)
 
@@ -415,6 +420,10 @@ def _validate(c: TrainConfig) -> None:
     for r in c.resolution_list or ():
         need(r > 0, f"resolution_list entries must be positive, got {r}")
     need(c.image_size is None or c.image_size > 0, f"image_size must be positive, got {c.image_size}")
+    need(c.image_resize is None or c.image_size is None or c.image_resize >= c.image_size,
+         f"image_resize must be >= image_size ({c.image_size}) or null, got {c.image_resize}; "
+         "image_resize = image_size resizes images to the model size")
+    _validate_stats(c)
     need(c.num_classes is None or c.num_classes > 0,
          f"num_classes must be positive, got {c.num_classes}")
     need(c.num_sampled_widths >= 0, "num_sampled_widths must be >= 0")
@@ -433,6 +442,17 @@ def _validate(c: TrainConfig) -> None:
         need(v is None or v >= 1, f"{key} must be >= 1 or null, got {v}")
     need(not c.test_only or bool(c.pretrained),
          "test_only: true needs pretrained: PATH (the checkpoint to evaluate)")
+
+
+def _validate_stats(c: TrainConfig) -> None:
+    from .data.spec import check_stats
+    from .errors import UsageError
+
+    for key, positive in (("input_mean", False), ("input_std", True)):
+        try:
+            check_stats(getattr(c, key), key, positive=positive)
+        except UsageError as e:
+            raise ConfigError(str(e)) from None
 
 
 # -- files and overrides ----------------------------------------------------------------------

@@ -173,3 +173,46 @@ def test_missing_and_invalid_files(tmp_path: Path) -> None:
     f.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(str(f))
+
+
+def test_input_mean_std_reach_the_data_spec_and_preprocessing(tmp_path: Path) -> None:
+    from mutualnet.data import preprocessing
+
+    f = tmp_path / "c.yml"
+    f.write_text("input_mean: [0.5, 0.5, 0.5]\ninput_std: [0.25, 0.25, 0.25]\n")
+    c = load_config(str(f))
+    assert (c.input_mean, c.input_std) == ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    spec = c.data_spec("val")
+    assert (spec.mean, spec.std) == ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    assert preprocessing(spec)["mean"] == [0.5] * 3 and preprocessing(spec)["std"] == [0.25] * 3
+    assert config_from_dict(c.to_dict()) == c
+    default = TrainConfig()
+    assert default.input_mean is None and default.data_spec().input_std is None
+
+
+def test_configs_without_the_new_keys_still_load() -> None:
+    """A config stored before input_mean/input_std/pretrained_allow_missing existed."""
+    old = TrainConfig().to_dict()
+    for key in ("input_mean", "input_std", "pretrained_allow_missing"):
+        old.pop(key)
+    c = config_from_dict(old)
+    assert (c.input_mean, c.input_std, c.pretrained_allow_missing) == (None, None, False)
+
+
+def test_resize_to_the_model_size_is_allowed() -> None:
+    c = config_from_dict({"model": "mobilenet_v1", "dataset": "imagefolder",
+                          "dataset_dir": "/x", "image_size": 160, "image_resize": 160})
+    assert c.data_spec().eval_resize == 160
+
+
+@pytest.mark.parametrize("override, match", [
+    ("input_mean=[0.5, 0.5]", "input_mean must be a list of 3 numbers or null"),
+    ("input_mean=[128, 128, 128]", "divide 0-255 values by 255"),
+    ("input_std=[0.5, 0, 0.5]", r"input_std must be 3 numbers in \(0, 1\]"),
+    ("input_std=0.5", "input_std must be a list of 3 numbers"),
+    ("image_resize=24", r"image_resize must be >= image_size \(32\)"),
+    ("pretrained_allow_missing=maybe", "pretrained_allow_missing must be true/false"),
+])
+def test_bad_normalization_values_are_config_errors(override: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, [override])

@@ -463,3 +463,59 @@ def test_crop_resize_boxes() -> None:
     assert (top + bh <= 16).all() and (left + bw <= 20).all()
     area = bh * bw / (16 * 20)
     assert area.min() >= 0.2 and area.max() <= 1.0 and area.std() > 0.1
+
+
+# --------------------------------------------------------------------------- custom normalization
+
+TF_HALF = (128 / 255,) * 3
+
+
+def test_custom_mean_std_normalize_batches_and_manifest(bundled_train: TensorImageData) -> None:
+    spec = DataSpec(max_images=64, input_mean=TF_HALF, input_std=[0.5, 0.5, 0.5])  # list ok
+    assert spec.input_std == (0.5, 0.5, 0.5) and hash(spec)  # stored as a tuple
+    assert (spec.mean, spec.std) == (TF_HALF, (0.5, 0.5, 0.5))
+    data = load_data(spec, "val")
+    assert data.mean == TF_HALF
+    x, _ = collect(data, batch_size=64, augment=False, shuffle=False)
+    base, _ = collect(load_data(DataSpec(max_images=64), "val"), batch_size=64, augment=False,
+                      shuffle=False)
+    pixels = base * torch.tensor(CIFAR10_JPEG_STD).view(1, 3, 1, 1) + torch.tensor(
+        CIFAR10_JPEG_MEAN).view(1, 3, 1, 1)  # undo the data set's normalization
+    torch.testing.assert_close(x, (pixels - 128 / 255) / 0.5, rtol=0, atol=1e-4)
+    loader = load_data(DataSpec(max_images=64, in_memory=False, workers=0, input_mean=TF_HALF,
+                                input_std=[0.5, 0.5, 0.5]), "val")
+    torch.testing.assert_close(collect(loader, batch_size=64, augment=False,
+                                       shuffle=False)[0], x, rtol=0, atol=1e-5)
+    p = preprocessing(spec)
+    assert (p["mean"], p["std"]) == (list(TF_HALF), [0.5, 0.5, 0.5])
+    only_mean = preprocessing(DataSpec(input_mean=TF_HALF))
+    assert only_mean["std"] == list(CIFAR10_JPEG_STD)  # the other keeps the data set's
+
+
+def test_resize_to_the_model_size(tmp_path: Path) -> None:
+    """resize == image_size: the shorter side goes to the model size (TFLite imports)."""
+    _write_folder(tmp_path, {"cat": 1}, "val", (40, 40))
+    spec = DataSpec("imagefolder", str(tmp_path), image_size=16, resize=16,
+                    augment="imagenet_mobile", workers=0, input_mean=TF_HALF, input_std=TF_HALF)
+    assert preprocessing(spec)["resize"] == 16 and preprocessing(spec)["crop"] == 16
+    x, _ = collect(load_data(spec, "val"), batch_size=1, augment=False, shuffle=False)
+    from torchvision import transforms as T
+
+    img = Image.open(tmp_path / "val" / "cat" / "0.png").convert("RGB")
+    ref = T.Compose([T.Resize(16), T.ToTensor(), T.Normalize(TF_HALF, TF_HALF)])(img)
+    torch.testing.assert_close(x[0], ref)
+    assert x.min() >= -1.0 - 1e-6 and x.max() <= 1.0 - 1 / 128 + 1e-6  # TF's (p - 128) / 128
+
+
+@pytest.mark.parametrize("kw, needle", [
+    ({"input_mean": (0.5, 0.5)}, "input_mean must be 3 numbers"),
+    ({"input_mean": (128.0, 128.0, 128.0)}, "divide 0-255 values by 255"),
+    ({"input_mean": "0.5"}, "input_mean must be 3 numbers"),
+    ({"input_std": (0.5, 0.0, 0.5)}, r"input_std must be 3 numbers in \(0, 1\]"),
+    ({"input_std": (0.5, -0.2, 0.5)}, "input_std must be"),
+    ({"input_std": (0.5, float("nan"), 0.5)}, "input_std must be"),
+    ({"input_std": (True, 0.5, 0.5)}, "input_std must be"),
+])
+def test_bad_mean_std_are_usage_errors(kw: dict, needle: str) -> None:
+    with pytest.raises(UsageError, match=needle):
+        DataSpec(**kw)

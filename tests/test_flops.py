@@ -69,7 +69,7 @@ def test_analytic_equals_hook_counter(name: str) -> None:
     model = create_model(name, **kwargs).eval()
     lo, hi = info.width_range
     widths = sorted({lo, (lo + hi) / 2, hi})
-    resolutions = (info.resolutions[-1], info.resolutions[1])
+    resolutions = (info.resolutions[-1], info.resolutions[-2])
     for w in widths:
         for r in resolutions:
             with model.subnet(w):

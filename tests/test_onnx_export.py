@@ -87,6 +87,10 @@ def test_dynamo_exporter_gives_the_same_graph_rules(tmp_path: Path, calib_data, 
     with torch.no_grad():
         ref = sliced.module(x).numpy()
     assert np.abs(_ort(info.path, x) - ref).max() <= 1e-5
+    _, padded = _sliced("mobilenet_v1", 0.25, 64, calib_data, padding="tf_same")
+    with pytest.raises(ExportError, match="use the torchscript exporter"):
+        export_onnx(padded.module, 64, tmp_path / "p.onnx", exporter="dynamo")
+    assert not (tmp_path / "p.onnx").exists()
 
 
 def test_check_graph_rejects_batchnorm_and_leaves_no_file(tmp_path: Path) -> None:

@@ -116,3 +116,83 @@ def test_ddp_single_process_gloo_matches_plain_training(tmp_path: Path, monkeypa
     a, b = _weights(tmp_path / "plain"), _weights(tmp_path / "ddp")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+
+
+# --------------------------------------------------------------------------- pretrained: external
+
+
+@pytest.fixture(scope="module")
+def tv_mbv2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A torchvision mobilenet_v2 state dict (random init, 1000 classes) saved with torch.save."""
+    import torchvision
+
+    torch.manual_seed(3)
+    state = torchvision.models.mobilenet_v2(weights=None).state_dict()
+    path = tmp_path_factory.mktemp("tv") / "mobilenet_v2.pth"
+    torch.save(state, path)
+    return path, state
+
+
+def test_pretrained_torchvision_file_is_imported_into_the_built_net(
+        tv_mbv2: tuple[Path, dict[str, torch.Tensor]]) -> None:
+    from mutualnet.checkpoint import build_model
+    from mutualnet.errors import UsageError
+
+    path, state = tv_mbv2
+    config = TrainConfig(model="mobilenet_v2", num_classes=10, pretrained=str(path))
+    net = build_model(config)
+    head = net.state_dict()["classifier.1.weight"].clone()
+    with pytest.raises(UsageError, match="classifier"):  # 1000 classes in the file, 10 here
+        loop.load_pretrained_weights(net, config)
+    report = loop.load_pretrained_weights(net, config.replace(pretrained_allow_missing=True))
+    assert report is not None and report.format == "torchvision"
+    assert "classifier.1.weight" in report.summary()
+    got = net.state_dict()
+    for key in ("features.0.0.weight", "features.17.conv.2.weight", "features.18.1.running_var"):
+        assert torch.equal(got[key], state[key]), key
+    assert torch.equal(got["classifier.1.weight"], head)  # other class count: left at init
+    full = TrainConfig(model="mobilenet_v2", num_classes=1000, pretrained=str(path))
+    net = build_model(full)
+    report = loop.load_pretrained_weights(net, full)
+    assert report is not None and not report.missing
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in state.items())
+
+
+def test_pretrained_checkpoint_and_bad_files(tmp_path: Path) -> None:
+    from mutualnet.checkpoint import build_model, save_checkpoint
+    from mutualnet.errors import MutualNetError, UsageError
+
+    config = TrainConfig()
+    torch.manual_seed(1)
+    source = build_model(config)
+    save_checkpoint(tmp_path / "run", source, config.replace(num_classes=10))
+    net = build_model(config.replace(num_classes=10))
+    assert loop.load_pretrained_weights(net, config.replace(
+        num_classes=10, pretrained=str(tmp_path / "run"))) is None  # a mutualnet checkpoint
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(),
+                                                 source.state_dict().values(), strict=True))
+    assert loop.load_pretrained_weights(net, config) is None  # no pretrained: nothing to do
+    (tmp_path / "w.tflite").write_bytes(b"not a model at all")
+    with pytest.raises(UsageError, match="w.tflite: neither a torchvision"):
+        loop.load_pretrained_weights(net, config.replace(pretrained=str(tmp_path / "w.tflite")))
+    with pytest.raises(MutualNetError, match="does not exist"):
+        loop.load_pretrained_weights(net, config.replace(pretrained=str(tmp_path / "nope")))
+
+
+def test_train_starts_from_external_weights(tmp_path: Path,
+                                            tv_mbv2: tuple[Path, dict[str, torch.Tensor]],
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """One lr-0 step of mobilenet_v2 on 4 images: the saved weights are the file's."""
+    path, state = tv_mbv2
+    config = TrainConfig(model="mobilenet_v2", num_classes=10, pretrained=str(path),
+                         pretrained_allow_missing=True, resolution_list=(32,), num_epochs=1,
+                         batch_size=4, max_train_images=4, eval_each_epoch=False,
+                         device="cpu", lr=0.0, weight_decay=0.0, num_sampled_widths=0)
+    result = train(config, tmp_path / "run")
+    assert result.step == 1
+    assert "pretrained: torchvision" in capsys.readouterr().err
+    ckpt = load_checkpoint(result.checkpoint)
+    assert "skipped classifier.1.weight" in ckpt.extra["pretrained_import"]
+    weights = ckpt.model.state_dict()
+    for key in ("features.0.0.weight", "features.10.conv.1.0.weight", "features.18.0.weight"):
+        assert torch.equal(weights[key], state[key]), key

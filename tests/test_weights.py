@@ -202,3 +202,16 @@ def test_cli_not_a_weight_file(tmp_path: Path) -> None:
                                       "mobilenet_v1", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
     assert "neither a torchvision state dict" in result.output
+
+
+def test_imported_checkpoint_config_carries_the_preprocessing(
+        mbv2: tuple[Path, nn.Module]) -> None:
+    from mutualnet.data import preprocessing
+    from mutualnet.weights import IMAGENET_PREPROCESSING
+    from mutualnet.weights.save import checkpoint_config
+
+    model, report = import_weights(mbv2[0], "mobilenet_v2")
+    config = checkpoint_config(model, report, dataset_dir="/data/imagenet")
+    assert (config.image_size, config.image_resize) == (224, 256)
+    assert config.input_mean == tuple(IMAGENET_PREPROCESSING["mean"])
+    assert preprocessing(config.data_spec()) == IMAGENET_PREPROCESSING

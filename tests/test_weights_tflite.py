@@ -215,6 +215,35 @@ def test_cli_import_records_padding_preprocessing_and_labels(tmp_path: Path) -> 
     assert pre["mean"] == [128 / 255] * 3 and pre["std"] == [128 / 255] * 3
 
 
+def test_imported_tflite_config_normalizes_like_tf(tmp_path: Path) -> None:
+    """mean = std = 128/255 and "resize to the model size" in the checkpoint's config, and so
+    in the manifest's preprocessing and in the data the checkpoint is evaluated on."""
+    from mutualnet.checkpoint import load_checkpoint
+    from mutualnet.data import load_data, preprocessing
+
+    out = tmp_path / "imported"
+    result = CliRunner().invoke(cli, [
+        "import-weights", str(DATA / "mobilenet_v1_0.5_160_quant.tflite"), "--model",
+        "mobilenet_v1", "--classes", "1000", "--dataset-dir", str(tmp_path / "imagenet"),
+        "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    config = load_checkpoint(out).config
+    assert config.input_mean == (128 / 255,) * 3 and config.input_std == (128 / 255,) * 3
+    assert (config.image_size, config.image_resize) == (160, 160)
+    pre = preprocessing(config.data_spec())
+    assert pre["mean"] == [128 / 255] * 3 and pre["std"] == [128 / 255] * 3
+    assert (pre["resize"], pre["crop"]) == (160, 160)
+    from PIL import Image
+
+    folder = tmp_path / "imagenet" / "val" / "n01440764"
+    folder.mkdir(parents=True)
+    with Image.open(DATA / "cat.bmp") as im:
+        im.convert("RGB").resize((160, 160), Image.Resampling.BILINEAR).save(folder / "cat.png")
+    x, _ = next(load_data(config.data_spec("val"), "val").batches(
+        1, augment=False, shuffle=False))
+    torch.testing.assert_close(x, to_input(photos(160)[:1]), rtol=0, atol=1e-5)
+
+
 def test_cli_width_mismatch_is_one_line_exit_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, [
         "import-weights", str(DATA / "mobilenet_v1_0.75_192_quant.tflite"), "--model",

@@ -284,7 +284,7 @@ def make_imagefolder(root: Path, photos: Path, per_class: int = 48) -> int:
                 w, h = img.size
                 cw, ch = int(w * rng.uniform(0.7, 1.0)), int(h * rng.uniform(0.7, 1.0))
                 x0, y0 = rng.randint(0, w - cw), rng.randint(0, h - ch)
-                img = img.crop((x0, y0, x0 + cw, y0 + ch)).resize((500, 375), Image.BILINEAR)
+                img = img.crop((x0, y0, x0 + cw, y0 + ch)).resize((500, 375), Image.Resampling.BILINEAR)
                 img.save(d / f"{k:04d}.jpg", quality=90)
             n += count
     return 2 * per_class

@@ -5,8 +5,10 @@ Torch-free on purpose: the config and manifest code can import it cheaply.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import UsageError
 
@@ -54,6 +56,9 @@ class DataSpec:
     ``in_memory``: decode once into a uint8 tensor and augment batches on their device;
     None = yes for the npz/CIFAR sets, no for imagefolder.
     ``max_images``: keep only the first N images of a split, balanced over classes.
+    ``input_mean`` / ``input_std``: per-channel (RGB) normalization in 0-1 units that
+    replaces the data set's statistics (imported TFLite weights: 128/255 for both);
+    None = the data set's values. :attr:`mean` / :attr:`std` give the values in use.
     """
 
     dataset: str = "cifar10_bundled"
@@ -64,8 +69,14 @@ class DataSpec:
     workers: int = 2
     in_memory: bool | None = None
     max_images: int | None = None
+    input_mean: Stats | None = None
+    input_std: Stats | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "input_mean",
+                           check_stats(self.input_mean, "input_mean", positive=False))
+        object.__setattr__(self, "input_std",
+                           check_stats(self.input_std, "input_std", positive=True))
         if self.dataset not in DATASETS:
             raise UsageError(f"unknown dataset {self.dataset!r}; known: {', '.join(DATASETS)}")
         if self.augment not in AUGMENTS:
@@ -105,14 +116,33 @@ class DataSpec:
 
     @property
     def mean(self) -> Stats:
-        return _STATS[self.dataset][0]
+        """Channel means the pixels (0-1 units) are normalized with: ``input_mean`` or the data set's."""
+        return self.input_mean if self.input_mean is not None else _STATS[self.dataset][0]
 
     @property
     def std(self) -> Stats:
-        return _STATS[self.dataset][1]
+        """Channel stds the pixels (0-1 units) are divided by: ``input_std`` or the data set's."""
+        return self.input_std if self.input_std is not None else _STATS[self.dataset][1]
 
     def root_path(self) -> Path | None:
         return Path(self.root).expanduser() if self.root else None
+
+
+def check_stats(value: Any, name: str, *, positive: bool) -> Stats | None:
+    """None, or 3 finite numbers in 0-1 units as a float tuple (stds in (0, 1]); else UsageError."""
+    if value is None:
+        return None
+    what = "3 numbers in (0, 1]" if positive else "3 numbers in [0, 1]"
+    items = tuple(value) if isinstance(value, list | tuple) else ()
+    ok = len(items) == 3 and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        for v in items)
+    if ok and any(v > 1 or v < 0 or (positive and v == 0) for v in items):
+        hint = " (divide 0-255 values by 255)" if any(v > 1 for v in items) else ""
+        raise UsageError(f"{name} must be {what}, R, G, B in 0-1 units{hint}; got {value!r}")
+    if not ok:
+        raise UsageError(f"{name} must be {what} (R, G, B in 0-1 units) or None, got {value!r}")
+    return (float(items[0]), float(items[1]), float(items[2]))
 
 
 def expected_layout(dataset: str) -> str:

@@ -15,11 +15,12 @@ import datetime as dt
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -41,6 +42,9 @@ from . import distributed as D
 from .schedule import CosineSchedule, build_optimizer
 from .step import sample_subnets, train_step
 
+if TYPE_CHECKING:
+    from ..weights import ImportReport
+
 METRICS_FILE = "metrics.jsonl"
 
 #: Config keys that may differ between a run and its resumption (they do not change the
@@ -48,8 +52,12 @@ METRICS_FILE = "metrics.jsonl"
 RESUME_FREE_KEYS = frozenset({
     "log_dir", "resume", "data_loader_workers", "device", "eval_each_epoch", "calib_images",
     "calib_batch_size", "eval_batch_size", "test_only", "pretrained", "in_memory",
-    "width_mult_list", "amp", "channels_last", "max_val_images",
+    "width_mult_list", "amp", "channels_last", "max_val_images", "pretrained_allow_missing",
 })
+
+#: File endings of external weights: an unreadable one gets the importer's error, not the
+#: checkpoint reader's.
+EXTERNAL_SUFFIXES = (".pth", ".pt", ".tflite")
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,28 @@ def check_resume_config(config: TrainConfig, stored: TrainConfig, where: Path) -
         details = ", ".join(f"{k}: {b.get(k)!r} -> {a[k]!r}" for k in diff[:4])
         raise ConfigError(f"cannot resume {where} with a different config ({details}); resume "
                           "with the run's own config (omit CONFIG) or train into a new --out")
+
+
+def load_pretrained_weights(net: SlimmableNet, config: TrainConfig) -> ImportReport | None:
+    """Fill ``net`` (built from ``config``) from ``config.pretrained``; no-op when unset.
+
+    External weights (a torchvision ``.pth`` state dict or a TFLite MobileNet v1) are mapped
+    by name and shape with :func:`mutualnet.weights.load_pretrained` (tensors they leave at
+    init are an error unless ``pretrained_allow_missing``); the import report is returned.
+    Anything else must be a mutualnet checkpoint (run dir or ``.safetensors``) for the same
+    model, loaded with :func:`~mutualnet.checkpoint.load_weights`; returns None.
+    """
+    if not config.pretrained:
+        return None
+    from ..weights import detect_format, external_format, load_pretrained
+
+    src = config.pretrained
+    if external_format(src) is not None:
+        return load_pretrained(net, src, allow_missing=config.pretrained_allow_missing)
+    if Path(src).suffix.lower() in EXTERNAL_SUFFIXES:
+        detect_format(src)  # raises the importer's error naming the file
+    load_weights(net, src, config)
+    return None
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
@@ -184,8 +214,11 @@ def train(
 
         torch.manual_seed(config.random_seed)
         net = build_model(config)
-        if config.pretrained and resume_from is None:
-            load_weights(net, config.pretrained, config)
+        imported = load_pretrained_weights(net, config) if resume_from is None else None
+        if imported is not None and info.is_main and progress:
+            tqdm.write(f"pretrained: {imported.summary()}", file=sys.stderr)
+        pretrained_meta = ({"pretrained_import": imported.summary()}
+                           if imported is not None else {})
         net.to(device)
         if channels_last:
             net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -290,7 +323,7 @@ def train(
                 save_checkpoint(out, net, config, step=step, epoch=epoch, optimizer=optimizer,
                                 scheduler=schedule, classes=classes,
                                 extra_meta={"val": record.get("val", {}),
-                                            "method": config.method})
+                                            "method": config.method, **pretrained_meta})
                 _append_jsonl(out / METRICS_FILE, record)
             history.append(record)
             D.barrier(info)
@@ -302,4 +335,5 @@ def train(
 
 
 __all__ = ["METRICS_FILE", "STATE_FILE", "TrainResult", "train", "stored_config",
-           "resolve_device", "default_out_dir", "epoch_eval", "check_resume_config"]
+           "resolve_device", "default_out_dir", "epoch_eval", "check_resume_config",
+           "load_pretrained_weights"]

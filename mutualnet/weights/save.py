@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 from ..slimmable import SlimmableNet
 from .common import ImportReport
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
 
 
 def read_labels(path: str | os.PathLike[str], num_classes: int) -> tuple[str, ...]:
@@ -28,15 +31,17 @@ def read_labels(path: str | os.PathLike[str], num_classes: int) -> tuple[str, ..
 
 
 def checkpoint_config(model: SlimmableNet, report: ImportReport, *,
-                      dataset_dir: str | None = None) -> Any:
+                      dataset_dir: str | None = None) -> TrainConfig:
     """The TrainConfig recorded with imported weights (ImageNet-style data, file's kwargs).
 
     ``dataset_dir``: the ImageFolder root (``train/``, ``val/``) later commands should use.
 
-    Input normalization is recorded by ``input_mean``/``input_std`` where the config has
-    those fields; the full preprocessing always goes into the checkpoint's ``extra``.
+    The weights' input preprocessing goes into the config: ``input_mean``/``input_std``
+    (TFLite: 128/255) and, with the file's resolution, ``image_size`` and ``image_resize``
+    (TFLite: resize to the model size); the full record also goes into the checkpoint's
+    ``extra``.
     """
-    from ..config import TrainConfig, config_from_dict
+    from ..config import config_from_dict
 
     d: dict[str, Any] = {
         "model": report.model,
@@ -46,13 +51,14 @@ def checkpoint_config(model: SlimmableNet, report: ImportReport, *,
         "dataset": "imagefolder",
         "dataset_dir": dataset_dir,
     }
+    pre = report.preprocessing or {}
     if report.resolution is not None:
         d["image_size"] = report.resolution
-    pre = report.preprocessing or {}
-    fields = getattr(TrainConfig, "__dataclass_fields__", {})
+        if pre.get("resize") is not None:
+            d["image_resize"] = int(pre["resize"])
     for key, value in (("input_mean", pre.get("mean")), ("input_std", pre.get("std"))):
-        if key in fields and value is not None:
-            d[key] = list(value)
+        if value is not None:
+            d[key] = [float(v) for v in value]
     return config_from_dict(d, source=f"import of {report.source}")
 
 
