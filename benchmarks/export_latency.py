@@ -207,16 +207,19 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=2.0, help="timed seconds per point")
     ap.add_argument("--threads", type=int, default=1, help="ORT intra-op threads")
     ap.add_argument("--images", type=int, default=16, help="parity images per point")
+    ap.add_argument("--torch-threads", type=int, default=1,
+                    help="torch intra-op threads (1: robust on a shared, busy CPU)")
     ap.add_argument("--skip-grid", action="store_true")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.torch_threads)
     load_before = os.getloadavg()[0]
     lat, times = run_points(args.seconds, args.threads, args.images)
     grid = "" if args.skip_grid else run_grid()
     load = f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
     body = (
-        f"1-minute load average of the (shared) machine: {load}; wall times above ~1 s "
-        "swing with other jobs' load, the latency ratio is measured side by side.\n\n"
+        f"1-minute load average of the (shared) machine: {load}; torch ran with "
+        f"{args.torch_threads} intra-op thread(s). Wall times swing with other jobs' load; "
+        "the latency ratio is measured side by side.\n\n"
         "MobileNet v1 (1000 classes, random init, BN calibrated on 64 real images per point). "
         f"ONNX Runtime CPUExecutionProvider, {args.threads} intra-op thread(s), batch 1, "
         f"{args.seconds:g} s of alternating runs per point after 0.2 s warm-up. \"plain\" is "

@@ -3,23 +3,24 @@ and its data pipeline vs ``mutualnet.data``.
 
 Step: the same model (MobileNet v1, width range [0.25, 1.0] by default), the same batch
 of synthetic images and labels, and the same subnet draws on both sides. The original
-runs its own ``train()`` function from ``train.py`` (loop body: max width on
-``input_list[0]`` with cross-entropy, min width + 2 random widths each on
-``input_list[randint(0, 3)]`` with KL to the detached teacher, one backward per subnet,
-``optimizer.step()``, ``lr_scheduler.step()``) with its own ``get_optimizer`` (one param
-group per tensor) and ``CosineAnnealingLR``. Its model is wrapped in
-``torch.nn.DataParallel``, which on a machine without CUDA is a pass-through (no
-replicas, no scatter). Its ``.cuda()`` calls are made no-ops (CPU shim). Its input list
-is built per sample by its ``InputList`` transform, as its data loader workers do, and
+runs its own ``train()`` function from ``train.py`` (loop body: max width on ``input_list[0]`` with cross-entropy, min width + 2
+random widths each on ``input_list[randint(0, 3)]`` with KL to the detached teacher, one
+backward per subnet, ``optimizer.step()``, ``lr_scheduler.step()``) with its own
+``get_optimizer`` (one param group per tensor) and ``CosineAnnealingLR``. Its model is
+wrapped in ``torch.nn.DataParallel``, which on a machine without CUDA is a pass-through
+(no replicas, no scatter). Its ``.cuda()`` calls are made no-ops (CPU shim). Its input
+list is built per sample by its ``InputList`` transform, as its loader workers do, and
 collated; that build is timed separately. Ours runs ``mutualnet.train.train_step`` with
-``build_optimizer`` and ``CosineSchedule``; it resizes the batch inside the step. The
-subnets ours runs are the ones the original draws (numpy / random seeded alike and
-replayed), so both do the same work. Each side runs in a fresh subprocess, alternating
-(theirs, ours, theirs, ...), so the peak-memory figure is that process's own:
-``ru_maxrss`` after the steps minus ``ru_maxrss`` before them (the growth of the
-resident-set high-water mark during training; tracemalloc cannot see PyTorch's
-allocator). The first step of each run is a warm-up (the original also logs on it)
-and is not timed.
+``build_optimizer`` and ``CosineSchedule``; it resizes the batch inside the step. Ours
+runs the subnets the original draws (numpy / random seeded alike and replayed).
+
+Timing: one subprocess, one intra-op thread, the two steps alternating step by step (the
+loader handed to the original's ``train()`` runs one step of ours before each batch), so
+both see the same machine load; CPU time per step is the headline (robust on a shared
+machine), wall time is shown too. The first step of each side is a warm-up (the original
+also logs on it) and is not timed. Peak memory: each side alone in a fresh subprocess,
+``ru_maxrss`` after its steps minus before them (growth of the resident-set high-water
+mark; tracemalloc cannot see PyTorch's allocator).
 
 Data: images/s of the original's loaders (``utils.datasets.get_cifar`` / ``get_imagenet``:
 their transforms, their DataLoader settings, their per-sample 4-resolution input list)
@@ -31,8 +32,8 @@ temporary ImageFolder of JPEGs made from the natural photos in
 
 GPU: not measured unless run on a machine with CUDA (this script then still runs on CPU).
 
-    python benchmarks/peer/train_step.py [--model mobilenet_v1] [--batch 8] [--steps 4]
-        [--rounds 2] [--no-data] [--no-record]
+    python benchmarks/peer/train_step.py [--model mobilenet_v1] [--batch 8] [--steps 5]
+        [--no-data] [--no-record]
 """
 
 from __future__ import annotations
