@@ -291,7 +291,9 @@ def _prepare(model: Any, config: Any, profile: DeployProfile,
 
     spec = resolve_data_spec(config, options.data)
     calib = config.calib_images if options.calib_images is None else options.calib_images
-    train_spec = dataclasses.replace(spec, max_images=config.max_train_images)
+    # calibration reads at most `calib` images: decode only that many (balanced over classes)
+    limits = [n for n in (config.max_train_images, calib) if n]
+    train_spec = dataclasses.replace(spec, max_images=min(limits) if limits else None)
     train = load_data(train_spec, "train") if calib > 0 else None
     val = load_data(dataclasses.replace(spec, max_images=options.eval_images), "val")
     num_classes = model_num_classes(model)
