@@ -5,9 +5,10 @@ Runners turn a float32 NCHW batch (numpy) into logits (numpy):
 - :class:`TorchRunner` - a PyTorch module (the supernet inside ``subnet(width)``, or the
   sliced plain model);
 - :class:`OrtRunner` - an ONNX file in ONNX Runtime with a chosen execution provider;
-- ``tensorrt`` - a hook: the deployment side registers a factory with
-  :func:`register_runner` (``make_runner("tensorrt", engine_path)`` raises
-  :class:`BackendUnavailableError` until one is registered).
+- ``tensorrt`` - a TensorRT engine file: :mod:`export.tensorrt_build` registers its
+  :class:`~export.tensorrt_build.EngineRunner` with :func:`register_runner` (imported on the
+  first ``make_runner("tensorrt", engine_path)``, which raises
+  :class:`BackendUnavailableError` with an install hint where tensorrt is missing).
 
 :func:`compare` turns reference and candidate logits (and labels, when known) into a
 :class:`ParityResult`: max/mean abs diff, top-1 agreement, top-1 accuracy of both, whether
@@ -127,14 +128,13 @@ def register_runner(backend: str, factory: RunnerFactory) -> None:
 
 def make_runner(backend: str, path: str | os.PathLike[str], **options: Any) -> Runner:
     """A runner for ``backend`` over the artifact at ``path`` (ONNX file or engine)."""
+    if backend == "tensorrt" and backend not in _FACTORIES:
+        # registers its engine runner; imports neither tensorrt nor torch until one is made
+        from . import tensorrt_build  # noqa: F401
     if backend in _FACTORIES:
         return _FACTORIES[backend](path, **options)
     if backend in ORT_BACKENDS:
         return OrtRunner(path, provider=ORT_BACKENDS[backend], name=backend, **options)
-    if backend == "tensorrt":
-        raise BackendUnavailableError("no TensorRT runner is registered: install tensorrt "
-                                      "(pip install mutualnet[tensorrt]) on a GPU machine and "
-                                      "use the deployment side's engine builder")
     raise ExportUsageError(f"unknown backend {backend!r}; use one of "
                            f"{', '.join(sorted({*ORT_BACKENDS, 'tensorrt', *_FACTORIES}))}")
 

@@ -70,7 +70,8 @@ class ExportOptions:
     resolutions: tuple[int, ...] | None = None  # None: the model's resolution list
     pairs: tuple[Pair, ...] | None = None  # explicit pairs instead of widths x resolutions
     profile: str | None = None  # deploy profile name or .yml path (None: "cpu")
-    calib_images: int | None = None  # None: config.calib_images; 0: keep stored BN stats
+    calib_images: int | None = None  # None: config.calib_images (0 for imported weights with
+    #                                  BN folded); 0: keep the stored BN statistics
     eval_images: int = 500  # held-out images for parity and accuracy
     batch_size: int = 256
     data: str | None = None  # override the checkpoint's data (see resolve_data_spec)
@@ -120,6 +121,7 @@ class ExportReport:
     subnets: tuple[SubnetReport, ...]
     seconds: float
     table: str
+    notes: tuple[str, ...] = ()  # decisions the caller should show (e.g. BN kept as stored)
 
     @property
     def failed(self) -> list[str]:
@@ -208,26 +210,30 @@ def resolve_data_spec(config: Any, data: str | None) -> Any:
     ``imagefolder:/d/imagenet``), a ``.npz`` file, or a folder (read as the config's data set
     kind when that takes a folder, else as an ImageFolder root).
     """
+    if data:
+        dataset, root = _data_source(data, config.dataset)
+        config = config.replace(dataset=dataset, dataset_dir=root)
+    return config.data_spec()
+
+
+def _data_source(data: str, current: str) -> tuple[str, str | None]:
+    """(dataset, root) that ``--data`` names; ``current`` is the checkpoint's data set."""
     from mutualnet.data import DATASETS
 
-    spec = config.data_spec()
-    if not data:
-        return spec
     name, sep, root = data.partition(":")
     if sep and name in DATASETS:
-        return dataclasses.replace(spec, dataset=name, root=root or None)
+        return name, root or None
     if data in DATASETS:
-        return dataclasses.replace(spec, dataset=data, root=None)
+        return data, None
     path = Path(data).expanduser()
     if not path.exists():
         raise ExportUsageError(f"--data {data}: no such file or folder, and not a data set name "
                                f"({', '.join(DATASETS)}); give NAME, NAME:PATH, a .npz or a "
                                "folder")
     if path.is_file():
-        return dataclasses.replace(spec, dataset="npz", root=str(path))
-    kind = spec.dataset if spec.dataset in ("cifar10", "cifar100", "imagefolder") \
-        else "imagefolder"
-    return dataclasses.replace(spec, dataset=kind, root=str(path))
+        return "npz", str(path)
+    kind = current if current in ("cifar10", "cifar100", "imagefolder") else "imagefolder"
+    return kind, str(path)
 
 
 # --------------------------------------------------------------------------- the pipeline
@@ -269,6 +275,12 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.Path
     model, config = ckpt.model.eval(), ckpt.config
     grid = plan_grid(model, widths=options.widths, resolutions=options.resolutions,
                      pairs=options.pairs, default_widths=config.width_mult_list)
+    notes: list[str] = []
+    if options.calib_images is None and bn_stats_folded(ckpt.extra):
+        options = dataclasses.replace(options, calib_images=0)
+        notes.append("BN statistics kept as stored (--calib-images 0): this checkpoint's "
+                     "imported weights have BN folded into the convs, and recalibrating would "
+                     "change what they compute; pass --calib-images N to recalibrate anyway")
     ctx = _prepare(model, config, profile, options)
     classes = list(ckpt.classes or ctx.classes)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -282,7 +294,14 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.Path
         manifest = write_manifest(tmp, doc)
         _install(tmp, out, force=options.force)
     return ExportReport(out, out / manifest.name, tuple(reports),
-                        time.perf_counter() - start, table)
+                        time.perf_counter() - start, table, tuple(notes))
+
+
+def bn_stats_folded(extra: Mapping[str, Any]) -> bool:
+    """Whether a checkpoint's ``extra`` says its weights are an import with BN folded
+    (``{"imported": {"bn_stats": "folded"}}``, written by mutualnet.weights for TFLite)."""
+    imported = extra.get("imported")
+    return isinstance(imported, Mapping) and imported.get("bn_stats") == "folded"
 
 
 def _prepare(model: Any, config: Any, profile: DeployProfile,

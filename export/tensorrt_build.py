@@ -34,15 +34,16 @@ import numpy as np
 
 from .errors import BackendUnavailableError, ExportError, ExportUsageError
 from .manifest import Manifest, file_entry, load_manifest, update_manifest, utc_now
+from .parity import register_runner
 from .profiles import DeployProfile, load_profile, profile_from_dict
-from .runtime import SubnetRuntime, _gpu_identity, _import_tensorrt
+from .runtime import SubnetRuntime, _gpu_identity, _import_tensorrt, _TrtRunner, _TrtShared
 
 SCRIPT_NAME = "build_engines.sh"
 FP16_HINT = ("TensorRT 11 builds FP16 from an FP16 ONNX: install NVIDIA ModelOpt "
              "(`pip install nvidia-modelopt[onnx]`) or onnxconverter-common "
              "(`pip install onnxconverter-common`)")
 
-__all__ = ["BuildReport", "EngineParity", "build_engines", "convert_onnx_fp16", "describe",
+__all__ = ["BuildReport", "EngineParity", "EngineRunner", "build_engines", "convert_onnx_fp16", "describe",
            "engine_dir", "engine_parity", "engine_relpath", "load_parity_images",
            "trtexec_script", "write_build_script"]
 
@@ -213,6 +214,74 @@ def _build_one(trt: Any, major: int, onnx_path: Path, engine_path: Path, cache_p
                           "the trtexec line in build_engines.sh --verbose to see why")
     _atomic_write(engine_path, bytes(memoryview(serialized)))
     _atomic_write(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
+
+
+# ============================================================================ engine runner
+
+def _engine_io(shared: _TrtShared, path: Path) -> tuple[int, int, int]:
+    """(resolution, classes, max batch of optimization profile 0) of the engine at ``path``."""
+    engine = shared.runtime.deserialize_cuda_engine(path.read_bytes())
+    if engine is None:
+        raise ExportError(f"TensorRT could not deserialize {path}; rebuild it with "
+                          "`mutualnet build-engines`")
+    mode = shared.trt.TensorIOMode.INPUT
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in names if engine.get_tensor_mode(n) == mode]
+    outputs = [n for n in names if n not in inputs]
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ExportError(f"{path}: expected one input and one output tensor, found "
+                          f"{inputs} / {outputs}")
+    shape = tuple(engine.get_tensor_shape(inputs[0]))
+    classes = tuple(engine.get_tensor_shape(outputs[0]))
+    max_shape = tuple(engine.get_tensor_profile_shape(inputs[0], 0)[2])
+    return int(shape[-1]), int(classes[-1]), int(max_shape[0])
+
+
+class EngineRunner:
+    """A TensorRT engine file as a parity runner (``make_runner("tensorrt", path)``).
+
+    Runs on the runtime's own engine code (:mod:`export.runtime`, the same as
+    ``SubnetRuntime`` and engine parity use) with its own stream and activation buffer;
+    batches above the engine's maximum batch are split. ``close()`` frees the GPU memory.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, device_index: int = 0,
+                 max_batch: int | None = None, name: str = "tensorrt") -> None:
+        engine = Path(path)
+        self.name = name
+        self._shared = _TrtShared(device_index)  # BackendUnavailableError without tensorrt
+        try:
+            if not engine.is_file():
+                raise ExportUsageError(f"engine file {engine} does not exist; build it with "
+                                       "`mutualnet build-engines`")
+            resolution, classes, engine_max = _engine_io(self._shared, engine)
+            self.max_batch = min(max_batch or engine_max, engine_max)
+            self._runner = _TrtRunner(self._shared, engine, resolution, classes, self.max_batch)
+            size = self._runner.device_memory
+            self._shared.activation_ptr = self._shared.malloc(size)
+            self._shared.activation_bytes = size
+            self._runner.attach(self._shared.activation_ptr, size)
+        except BaseException:
+            self._shared.close()
+            raise
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        outs = [self._runner.run(x[i:i + self.max_batch])
+                for i in range(0, len(x), self.max_batch)]
+        return np.concatenate(outs, 0)
+
+    def close(self) -> None:
+        self._runner.close()
+        self._shared.close()
+
+    def __enter__(self) -> EngineRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+register_runner("tensorrt", EngineRunner)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import importlib.util
 import json
 from pathlib import Path
 
@@ -190,3 +191,91 @@ def test_parity_failure_exits_1_and_marks_the_manifest(
         assert s["parity"]["onnxruntime"]["tolerance_that_passes"] == pytest.approx(1e-2,
                                                                                    rel=1e-3)
         assert s["parity"]["pytorch_sliced"]["passed"] is True
+
+
+# --------------------------------------------------------------------------- --engines
+
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+
+
+@pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed here")
+def test_engines_without_tensorrt_keeps_export_writes_script_exits_1(
+        tiny_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["export", str(tiny_checkpoint), "--pairs", "0.25@20",
+                                 "--profile", "jetson-orin-nano", "--engines", "--out", str(out),
+                                 *FAST])
+    assert r.exit_code == 1, r.output
+    assert "| w0.25-r20 |" in r.output and "Traceback" not in r.output
+    errors = [line for line in r.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and "pip install tensorrt" in errors[0]
+    assert "build_engines.sh" in errors[0]
+    script = out / "build_engines.sh"
+    assert script.is_file() and script.stat().st_mode & 0o111
+    assert "--saveEngine=engines/jetson-orin-nano/w0.25-r20.fp16.plan" in script.read_text()
+    manifest = load_manifest(out)  # the export itself is whole and verifies
+    assert manifest.subnet_ids == ["w0.25-r20"] and manifest.subnets[0]["engines"] == []
+    assert manifest.profile["name"] == "jetson-orin-nano"
+
+
+def test_engines_needs_a_tensorrt_profile(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    r = run(tiny_checkpoint, "--pairs", "0.25@20", "--engines", "--out", tmp_path / "out", *FAST)
+    assert r.exit_code == 2 and "--engines needs a TensorRT deploy profile" in r.output
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- --data, BN stats
+
+def test_data_override_applies_before_the_config_is_read(tmp_path: Path) -> None:
+    from mutualnet.config import TrainConfig
+    from mutualnet.errors import UsageError
+
+    cfg = TrainConfig(dataset="imagefolder")  # as import-weights writes it: no dataset_dir
+    with pytest.raises(UsageError, match="needs a root"):
+        pipeline.resolve_data_spec(cfg, None)
+    spec = pipeline.resolve_data_spec(cfg, f"imagefolder:{tmp_path}")
+    assert (spec.dataset, spec.root) == ("imagefolder", str(tmp_path))
+    assert pipeline.resolve_data_spec(cfg, str(tmp_path)).root == str(tmp_path)
+    spec = pipeline.resolve_data_spec(TrainConfig(), "cifar10_bundled")
+    assert (spec.dataset, spec.root) == ("cifar10_bundled", None)
+    npz = tmp_path / "x.npz"
+    npz.write_bytes(b"")
+    spec = pipeline.resolve_data_spec(cfg, str(npz))
+    assert (spec.dataset, spec.root) == ("npz", str(npz))
+
+
+@pytest.fixture(scope="module")
+def folded_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny_mobilenet saved as an import whose BN is folded (as TFLite's is)."""
+    from mutualnet.checkpoint import build_model, save_checkpoint
+    from mutualnet.config import TrainConfig
+
+    cfg = TrainConfig()
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path_factory.mktemp("folded"), build_model(cfg).eval(), cfg,
+                           extra_meta={"imported": {"format": "tflite", "bn_stats": "folded"}})
+
+
+def test_folded_bn_import_keeps_stored_statistics_by_default(
+        folded_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mutualnet.calibrate
+
+    calls: list[int] = []
+    real = mutualnet.calibrate.calibrate_bn
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["num_images"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mutualnet.calibrate, "calibrate_bn", counting)
+    args = ("export", str(folded_checkpoint), "--pairs", "1.0@32", "--eval-images", "16",
+            "--no-progress")
+    r = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    assert "note: BN statistics kept as stored (--calib-images 0)" in r.output
+    assert calls == []
+    r = CliRunner().invoke(cli, [*args, "--calib-images", "16", "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    assert "BN statistics kept" not in r.output and calls == [16]
+    assert not pipeline.bn_stats_folded({}) and \
+        not pipeline.bn_stats_folded({"imported": {"bn_stats": "file"}})

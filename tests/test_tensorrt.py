@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -84,6 +85,97 @@ def test_build_engines_without_tensorrt_writes_script_then_exits_1(export_dir: P
     assert "--saveEngine=engines/jetson-orin-nano/w0.25-r12.fp16.plan" in script.read_text()
     assert (export_dir / "manifest.json").read_bytes() == before   # no fake engine recorded
     assert not (export_dir / "engines").exists()
+
+
+@pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed here")
+def test_engine_runner_registers_lazily_and_build_engines_runs_without_torch(
+        export_dir: Path) -> None:
+    """make_runner("tensorrt") imports the builder's runner on demand, and build-engines (the
+    device side) reaches its 'tensorrt missing' exit with torch unimportable."""
+    code = f"""
+import sys
+sys.modules['torch'] = None            # any 'import torch' now raises ImportError
+from export.errors import BackendUnavailableError
+from export.parity import _FACTORIES, make_runner
+assert 'tensorrt' not in _FACTORIES and 'export.tensorrt_build' not in sys.modules
+try:
+    make_runner('tensorrt', {str(export_dir / "manifest.json")!r})
+except BackendUnavailableError as e:
+    print('hint:', e)
+from export.tensorrt_build import EngineRunner
+assert _FACTORIES['tensorrt'] is EngineRunner
+from mutualnet.cli import main
+sys.argv = ['mutualnet', 'build-engines', {str(export_dir)!r}, '--profile', 'jetson-orin-nano']
+main()
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).parents[1], timeout=120)
+    assert out.returncode == 1, out.stderr
+    assert out.stdout.startswith("hint: the TensorRT backend needs the tensorrt package")
+    assert "ImportError" not in out.stderr and "Traceback" not in out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and "pip install tensorrt" in errors[0], out.stderr
+    assert (export_dir / "build_engines.sh").is_file()
+
+
+class _FakeShared:
+    def __init__(self, device_index: int) -> None:
+        self.allocations: list[int] = []
+        self.activation_ptr = self.activation_bytes = 0
+        self.closed = False
+
+    def malloc(self, nbytes: int) -> int:
+        self.allocations.append(nbytes)
+        return 1000 + len(self.allocations)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _FakeTrtRunner:
+    """Stands in for export.runtime's engine runner: logits = per-image mean, 3 classes."""
+
+    def __init__(self, shared: _FakeShared, path: Path, resolution: int, classes: int,
+                 max_batch: int) -> None:
+        self.shared, self.max_batch, self.device_memory = shared, max_batch, 4096
+        self.calls: list[int] = []
+        self.attached: tuple[int, int] | None = None
+
+    def attach(self, ptr: int, size: int) -> None:
+        self.attached = (ptr, size)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        assert self.attached is not None and len(x) <= self.max_batch
+        self.calls.append(len(x))
+        return np.repeat(x.mean(axis=(1, 2, 3))[:, None], 3, 1).astype(np.float32)
+
+    def close(self) -> None:
+        pass
+
+
+def test_engine_runner_splits_batches_and_frees_memory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import export.tensorrt_build as tb
+    from export.parity import make_runner
+
+    monkeypatch.setattr(tb, "_TrtShared", _FakeShared)
+    monkeypatch.setattr(tb, "_TrtRunner", _FakeTrtRunner)
+    monkeypatch.setattr(tb, "_engine_io", lambda shared, path: (8, 3, 4))  # max batch 4
+    engine = tmp_path / "w1.00-r8.fp16.plan"
+    engine.write_bytes(b"engine")
+    x = np.random.default_rng(0).standard_normal((10, 3, 8, 8)).astype(np.float32)
+    with make_runner("tensorrt", engine) as runner:
+        assert isinstance(runner, tb.EngineRunner) and runner.name == "tensorrt"
+        out = runner(x)
+        inner = runner._runner
+        assert inner.calls == [4, 4, 2] and inner.attached == (1001, 4096)
+        np.testing.assert_allclose(out[:, 0], x.mean(axis=(1, 2, 3)), rtol=1e-6)
+    assert runner._shared.closed
+    with make_runner("tensorrt", engine, max_batch=3) as small:
+        small(x)
+        assert small._runner.calls == [3, 3, 3, 1]
+    with pytest.raises(ExportUsageError, match="does not exist"):
+        make_runner("tensorrt", tmp_path / "missing.plan")
 
 
 def test_build_engines_rejects_non_tensorrt_profile(export_dir: Path) -> None:
@@ -226,6 +318,22 @@ def test_build_engines_and_run_them(export_dir: Path, tmp_path: Path, precision:
             res = rt.infer(imgs[:3])
             assert res.subnet_id == sid and (res.top1 == marker_of(IDS, sid)).all()
         assert rt.infer(imgs[:20]).logits.shape == (20, 10)   # > max_batch: split
+
+
+@pytest.mark.tensorrt
+def test_make_runner_runs_built_engines(export_dir: Path, tmp_path: Path) -> None:
+    """The parity hook runs the engines build-engines wrote, splitting large batches."""
+    from export.parity import make_runner
+    from export.tensorrt_build import build_engines
+
+    report = build_engines(export_dir, str(_trt_profile(tmp_path, "fp32")), progress=False)
+    x = np.random.default_rng(0).standard_normal((20, 3, 16, 16)).astype(np.float32)
+    for sid, rec in report.engines.items():
+        r = int(sid.rsplit("-r", 1)[1])
+        with make_runner("tensorrt", export_dir / rec["path"]) as runner:
+            assert runner.max_batch == 8
+            logits = runner(x[:, :, :r, :r])
+        assert logits.shape == (20, 10) and (logits.argmax(1) == marker_of(IDS, sid)).all()
 
 
 @pytest.mark.tensorrt

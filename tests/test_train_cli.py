@@ -95,3 +95,27 @@ def test_eval_best_and_test_only(tiny_checkpoint: Path, tmp_path: Path) -> None:
     code, text = run("train", "--set", "model=mobilenet_v1", "--set", "test_only=true",
                      "--set", f"pretrained={tiny_checkpoint}", "--out", out, "--quiet")
     assert code == 2 and "'tiny_mobilenet'" in text and "'mobilenet_v1'" in text
+
+
+def test_test_only_evaluates_external_torchvision_weights(tmp_path: Path) -> None:
+    """test_only + pretrained: a torchvision .pth is imported, saved and evaluated (32 px)."""
+    torchvision = pytest.importorskip("torchvision")
+    from mutualnet.checkpoint import load_checkpoint
+
+    torch.manual_seed(0)
+    pth = tmp_path / "mobilenet_v2.pth"
+    torch.save(torchvision.models.mobilenet_v2(num_classes=10).state_dict(), pth)
+    out = tmp_path / "run"
+    code, text = run("train", "--set", "model=mobilenet_v2", "--set", "num_classes=10",
+                     "--set", "test_only=true", "--set", f"pretrained={pth}",
+                     "--set", "image_size=32", "--set", "resolution_list=[32]",
+                     "--set", "width_mult_list=[1.0]", "--set", "max_val_images=20",
+                     "--set", "calib_images=20", "--out", out, "--device", "cpu", "--quiet")
+    assert code == 0, text
+    assert "314 tensors mapped, 0 missing, 0 unused" in text
+    doc = json.loads((out / "eval" / "eval.json").read_text())
+    assert len(doc["points"]) == 4 and all(p["resolution"] == 32 for p in doc["points"])
+    ck = load_checkpoint(out / "imported")
+    assert ck.extra["imported"]["format"] == "torchvision" and not ck.config.test_only
+    ref = torch.load(pth)["features.0.0.weight"]
+    assert torch.equal(ck.model.state_dict()["features.0.0.weight"], ref)

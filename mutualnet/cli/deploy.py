@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -63,13 +63,24 @@ def build_engines_cmd(manifest: Path, profile: str | None, timing_cache: Path | 
     Always writes build_engines.sh (equivalent trtexec lines) first; without the tensorrt
     package it stops there with exit 1 and an install hint.
     """
-    from export.errors import ParityError
-    from export.tensorrt_build import build_engines, describe, load_parity_images
+    from export.tensorrt_build import load_parity_images
 
     data = load_parity_images(images, parity_images) if images is not None else None
+    build_and_report(manifest, profile, timing_cache=timing_cache, parity_data=data,
+                     record_only=record_only)
+
+
+def build_and_report(manifest: Path, profile: str | None, *, timing_cache: Path | None = None,
+                     parity_data: tuple[Any, Any] | None = None, record_only: bool = False,
+                     progress: bool = True) -> None:
+    """``build-engines`` after the arguments are parsed (``export --engines`` reuses it)."""
+    from export.errors import ParityError
+    from export.tensorrt_build import build_engines, describe
+
     with _warnings_to_stderr():
-        report = build_engines(manifest, profile, timing_cache=timing_cache, parity_data=data,
-                               record_only=record_only)
+        report = build_engines(manifest, profile, timing_cache=timing_cache,
+                               parity_data=parity_data, record_only=record_only,
+                               progress=progress)
     click.echo(f"wrote {report.script}")
     click.echo(describe(report))
     if not report.passed:

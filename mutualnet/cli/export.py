@@ -39,25 +39,36 @@ from ._params import FLOATS, INTS
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="torch intra-op threads [default: torch's]; 1 is often fastest on a busy "
                    "CPU for small models.")
+@click.option("--engines", is_flag=True,
+              help="Then build TensorRT engines as `mutualnet build-engines OUT --profile "
+                   "PROFILE` does (needs a TensorRT profile; writes build_engines.sh first).")
 @click.option("--force", is_flag=True, help="Replace a non-empty output directory.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def export_cmd(checkpoint: Path, widths: list[float] | None, resolutions: list[int] | None,
                pairs: str | None, profile: str | None, out: Path | None,
                calib_images: int | None, eval_images: int, batch_size: int, data: str | None,
-               device: str, exporter: str, threads: int | None, force: bool,
+               device: str, exporter: str, threads: int | None, engines: bool, force: bool,
                no_progress: bool) -> None:
     """Export subnets of CHECKPOINT (a run directory or its .safetensors) for deployment.
 
     For each (width, resolution): BN calibration, a plain sliced model with BN folded
     (weights.safetensors + arch.json), model.onnx (opset 17), and parity against the
     supernet on held-out images. Writes parity.md, parity.json and manifest.json; exits 1
-    if any subnet fails parity (its files are kept and marked in the manifest).
+    if any subnet fails parity (its files are kept and marked in the manifest). With
+    --engines, then builds TensorRT engines as build-engines does (exit 1 with an install
+    hint, after writing build_engines.sh, where tensorrt is missing).
     """
     import torch
 
-    from export.errors import ParityError
+    from export.errors import ExportUsageError, ParityError
     from export.pipeline import ExportOptions, export_checkpoint, parse_pairs
+    from export.profiles import load_profile
 
+    deploy = load_profile(profile)  # usage errors before any work
+    if engines and deploy.runtime != "tensorrt":
+        raise ExportUsageError(f"--engines needs a TensorRT deploy profile, and {deploy.name} "
+                               f"targets {deploy.runtime}; pass --profile jetson-orin-nano, "
+                               "server-a100, ... or drop --engines")
     if threads is not None:
         torch.set_num_threads(threads)
     if out is None:
@@ -71,13 +82,20 @@ def export_cmd(checkpoint: Path, widths: list[float] | None, resolutions: list[i
         progress=not no_progress,
     )
     report = export_checkpoint(checkpoint, out, options)
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
     click.echo(report.table)
     click.echo(f"wrote {len(report.subnets)} subnets, parity.md, parity.json and "
                f"manifest.json to {report.out_dir} in {report.seconds:.1f} s")
     if report.failed:
+        skipped = "; no engines built" if engines else ""
         raise ParityError(f"{len(report.failed)} of {len(report.subnets)} subnets failed parity "
                           f"({', '.join(report.failed)}); their files are kept in "
-                          f"{report.out_dir} and marked parity_failed in manifest.json")
+                          f"{report.out_dir} and marked parity_failed in manifest.json{skipped}")
+    if engines:
+        from .deploy import build_and_report
+
+        build_and_report(report.out_dir, profile, progress=not no_progress)
 
 
 COMMANDS = [export_cmd]

@@ -70,10 +70,12 @@ def train_cmd(config: str | None, overrides: tuple[str, ...], out_dir: str | Non
     out = Path(out_dir) if out_dir is not None else default_out_dir(cfg)
     if cfg.test_only:
         assert cfg.pretrained is not None
-        _run_eval(cfg.pretrained, widths=list(cfg.eval_widths()),
+        source = _checkpoint_to_evaluate(cfg, out)
+        _run_eval(source, widths=list(cfg.eval_widths()),
                   resolutions=list(cfg.resolution_list or ()), data=None, out_dir=out / "eval",
                   compare=(), calib_images=cfg.calib_images, limit=cfg.max_val_images,
-                  device=cfg.device, progress=not quiet, config=cfg)
+                  device=cfg.device, progress=not quiet, config=cfg,
+                  label=Path(cfg.pretrained).name if source != cfg.pretrained else None)
         return
     if not resume and (out / "checkpoint.safetensors").exists() and cfg.resume is None:
         raise UsageError(f"{out} already holds a checkpoint; pass --resume to continue it or "
@@ -88,6 +90,25 @@ def train_cmd(config: str | None, overrides: tuple[str, ...], out_dir: str | Non
     summary = "  ".join(f"{k} top-1 {v['top1']:.2f}%" for k, v in val.items())
     click.echo(f"trained {result.epoch} epochs ({result.step} steps) in {result.wall_s:.1f} s; "
                f"checkpoint {result.checkpoint}" + (f"; {summary}" if summary else ""))
+
+
+def _checkpoint_to_evaluate(cfg: Any, out: Path) -> str:
+    """``cfg.pretrained`` itself, or for external weights (torchvision .pth, TFLite) the
+    mutualnet checkpoint they are imported into first: ``OUT/imported/``."""
+    from ..checkpoint import build_model, save_checkpoint
+    from ..train.loop import load_pretrained_weights
+    from ..weights import external_format
+
+    assert cfg.pretrained is not None
+    if external_format(cfg.pretrained) is None:
+        return str(cfg.pretrained)
+    net = build_model(cfg)
+    report = load_pretrained_weights(net, cfg)
+    assert report is not None
+    path = save_checkpoint(out / "imported", net, cfg.replace(test_only=False, pretrained=None),
+                           extra_meta={"imported": report.to_dict()})
+    click.echo(f"pretrained: {report.summary()}\nimported weights saved as {path}", err=True)
+    return str(path)
 
 
 def _parse_data(value: str | None) -> tuple[str, str | None] | None:
