@@ -94,8 +94,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--resolution", type=int, default=224)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads (1 keeps a shared machine's noise down)")
     ap.add_argument("--no-write", action="store_true", help="print only")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     rows = []
     for batch in (1, 32):
         for width in (0.25, 0.5, 1.0):
@@ -110,7 +113,7 @@ def main() -> None:
                 ["batch", "width", "supernet ms", "plain ms", "ratio"], rows))
     if not args.no_write:
         write_section("slicing_overhead", "Slicing overhead: supernet vs plain model (CPU)",
-                      body, "python benchmarks/slicing_overhead.py")
+                      body, f"python benchmarks/slicing_overhead.py --reps {args.reps} --threads {args.threads}")
 
 
 if __name__ == "__main__":
