@@ -91,16 +91,24 @@ def _align_corners_matrix(n_in: int, n_out: int) -> np.ndarray:
     return m.astype(np.float32)
 
 
-def _crop_geometry(h: int, w: int, resize: int | None, crop: int) -> tuple[int, int, int, int]:
+RESIZE_MODES = ("shorter_side", "stretch")
+
+
+def _crop_geometry(h: int, w: int, resize: int | None, crop: int,
+                   mode: str = "shorter_side") -> tuple[int, int, int, int]:
     """(resized h, resized w, top, left) of the evaluation transform for an h x w image.
 
     Mirrors the training side: shorter side -> ``resize`` (antialiased bilinear), then a
     center ``crop``; with ``resize`` None an image is only resized when smaller than ``crop``.
+    ``mode`` "stretch": both sides -> ``resize`` (None: ``crop``), aspect ratio not kept.
     """
-    if resize is None and min(h, w) < crop:
-        resize = crop
-    if resize is not None and min(h, w) != resize:
-        h, w = (resize, int(resize * w / h)) if h <= w else (int(resize * h / w), resize)
+    if mode == "stretch":
+        h = w = crop if resize is None else resize
+    else:
+        if resize is None and min(h, w) < crop:
+            resize = crop
+        if resize is not None and min(h, w) != resize:
+            h, w = (resize, int(resize * w / h)) if h <= w else (int(resize * h / w), resize)
     return h, w, int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0))
 
 
@@ -143,7 +151,8 @@ def preprocess_images(images: np.ndarray | Sequence[np.ndarray], pre: dict[str, 
     """uint8 HWC images (a NHWC array or a list of any sizes) -> float32 NCHW at ``resolution``.
 
     Per the manifest's ``preprocessing``: scale by ``input_scale``, resize the shorter side to
-    ``resize`` and center-crop ``crop`` (the evaluation transform), normalize with mean/std,
+    ``resize`` (``resize_mode`` "stretch": both sides, aspect ratio not kept; absent:
+    "shorter_side") and center-crop ``crop`` (the evaluation transform), normalize with mean/std,
     resize to the subnet's resolution (bilinear, align_corners=True, as the supernet was
     evaluated). The three resampling steps are composed into one sparse linear map per axis,
     so an image costs a few multiply-adds per output pixel. Images are RGB; a ``BGR``
@@ -159,6 +168,11 @@ def preprocess_images(images: np.ndarray | Sequence[np.ndarray], pre: dict[str, 
     std = np.asarray(pre["std"], dtype=np.float32).reshape(3, 1, 1)
     scale = np.float32(1.0 / float(pre["input_scale"]))
     crop = int(pre["crop"])
+    mode = pre.get("resize_mode") or "shorter_side"
+    if mode not in RESIZE_MODES:
+        raise ExportUsageError(f"unknown preprocessing resize_mode {mode!r}; known: "
+                               f"{', '.join(RESIZE_MODES)} (the manifest is newer than this "
+                               "runtime: update mutualnet)")
     out = np.empty((len(batch), 3, resolution, resolution), dtype=np.float32)
     for i, img in enumerate(batch):
         a = np.asarray(img)
@@ -170,7 +184,7 @@ def preprocess_images(images: np.ndarray | Sequence[np.ndarray], pre: dict[str, 
         if pre.get("channel_order") == "BGR":
             a = a[:, :, ::-1]
         h, w = a.shape[:2]
-        rh, rw, top, left = _crop_geometry(h, w, pre.get("resize"), crop)
+        rh, rw, top, left = _crop_geometry(h, w, pre.get("resize"), crop, mode)
         x = a.astype(np.float32)
         x = _apply_taps(x, *_axis_taps(h, rh, top, crop, resolution), axis=0)    # (r, w, 3)
         x = _apply_taps(x, *_axis_taps(w, rw, left, crop, resolution), axis=1)   # (r, r, 3)

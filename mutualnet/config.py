@@ -37,6 +37,7 @@ WEIGHT_DECAY_SCOPES = ("all", "conv_linear")
 DATASETS = ("cifar10_bundled", "npz", "cifar10", "cifar100", "imagefolder")
 TRANSFORMS = ("cifar", "imagenet_mobile", "imagenet_basic")
 DEVICES = ("auto", "cpu", "cuda")
+RESIZE_MODES = ("shorter_side", "stretch")  # = mutualnet.data.spec.RESIZE_MODES
 
 
 class ConfigWarning(UserWarning):
@@ -65,6 +66,9 @@ class TrainConfig:
     image_size: int | None = None  # base resolution; None: max(resolution_list)
     image_resize: int | None = None  # eval resize of the shorter side (ImageNet: 256;
     # = image_size: "resize to the model size", as imported TFLite weights expect)
+    image_resize_mode: str = "shorter_side"  # eval resize: shorter_side (keep the aspect
+    # ratio, then center crop) | stretch (whole image to image_resize x image_resize, or
+    # image_size x image_size when null; TFLite imports)
     input_mean: tuple[float, float, float] | None = None  # RGB, 0-1 units; None: the data set's
     input_std: tuple[float, float, float] | None = None  # RGB, 0-1 units; None: the data set's
     data_loader_workers: int = 2
@@ -167,6 +171,7 @@ class TrainConfig:
             "augment": self.resolved_transforms, "workers": self.data_loader_workers,
             "in_memory": self.in_memory, "max_images": limit,
             "input_mean": self.input_mean, "input_std": self.input_std,
+            "resize_mode": self.image_resize_mode,
         }
         return DataSpec(**kwargs)
 
@@ -423,6 +428,9 @@ def _validate(c: TrainConfig) -> None:
     need(c.image_resize is None or c.image_size is None or c.image_resize >= c.image_size,
          f"image_resize must be >= image_size ({c.image_size}) or null, got {c.image_resize}; "
          "image_resize = image_size resizes images to the model size")
+    need(c.image_resize_mode in RESIZE_MODES,
+         f"image_resize_mode must be one of {', '.join(RESIZE_MODES)}, "
+         f"got {c.image_resize_mode!r}")
     _validate_stats(c)
     need(c.num_classes is None or c.num_classes > 0,
          f"num_classes must be positive, got {c.num_classes}")

@@ -193,10 +193,27 @@ def test_input_mean_std_reach_the_data_spec_and_preprocessing(tmp_path: Path) ->
 def test_configs_without_the_new_keys_still_load() -> None:
     """A config stored before input_mean/input_std/pretrained_allow_missing existed."""
     old = TrainConfig().to_dict()
-    for key in ("input_mean", "input_std", "pretrained_allow_missing"):
+    for key in ("input_mean", "input_std", "pretrained_allow_missing", "image_resize_mode"):
         old.pop(key)
     c = config_from_dict(old)
     assert (c.input_mean, c.input_std, c.pretrained_allow_missing) == (None, None, False)
+    assert c.image_resize_mode == "shorter_side" and c.data_spec().resize_mode == "shorter_side"
+
+
+def test_image_resize_mode_round_trips_into_the_data_spec(tmp_path: Path) -> None:
+    from mutualnet.data import preprocessing
+
+    f = tmp_path / "c.yml"
+    f.write_text("model: mobilenet_v1\ndataset: imagefolder\ndataset_dir: /x\n"
+                 "image_size: 160\nimage_resize_mode: stretch\n")
+    c = load_config(str(f))
+    assert c.image_resize_mode == "stretch"
+    assert config_from_dict(c.to_dict()) == c and c.to_dict()["image_resize_mode"] == "stretch"
+    spec = c.data_spec("val")
+    assert (spec.resize_mode, spec.eval_resize) == ("stretch", 160)
+    pre = preprocessing(spec)
+    assert (pre["resize_mode"], pre["resize"], pre["crop"]) == ("stretch", 160, 160)
+    assert load_config(str(f), ["image_resize_mode=shorter_side"]).data_spec().eval_resize == 183
 
 
 def test_resize_to_the_model_size_is_allowed() -> None:
@@ -212,6 +229,7 @@ def test_resize_to_the_model_size_is_allowed() -> None:
     ("input_std=0.5", "input_std must be a list of 3 numbers"),
     ("image_resize=24", r"image_resize must be >= image_size \(32\)"),
     ("pretrained_allow_missing=maybe", "pretrained_allow_missing must be true/false"),
+    ("image_resize_mode=squash", "image_resize_mode must be one of shorter_side, stretch"),
 ])
 def test_bad_normalization_values_are_config_errors(override: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):

@@ -24,7 +24,7 @@ from mutualnet.data import (
     resize_to,
 )
 from mutualnet.data.readers import stratified_first
-from mutualnet.data.spec import CIFAR10_JPEG_MEAN, CIFAR10_JPEG_STD, IMAGENET_MEAN
+from mutualnet.data.spec import CIFAR10_JPEG_MEAN, CIFAR10_JPEG_STD, IMAGENET_MEAN, IMAGENET_STD
 from mutualnet.errors import UsageError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -396,7 +396,7 @@ def test_layout_errors(tmp_path: Path) -> None:
 
 def test_preprocessing_for_the_manifest() -> None:
     p = preprocessing(DataSpec())
-    assert p == {"resize": None, "crop": 32, "mean": list(CIFAR10_JPEG_MEAN),
+    assert p == {"resize": None, "resize_mode": "shorter_side", "crop": 32, "mean": list(CIFAR10_JPEG_MEAN),
                  "std": list(CIFAR10_JPEG_STD), "channel_order": "RGB", "input_scale": 255.0,
                  "interpolation": "bilinear", "layout": "NCHW"}
     q = preprocessing(DataSpec("imagefolder", "/x", image_size=224, resize=256,
@@ -519,3 +519,53 @@ def test_resize_to_the_model_size(tmp_path: Path) -> None:
 def test_bad_mean_std_are_usage_errors(kw: dict, needle: str) -> None:
     with pytest.raises(UsageError, match=needle):
         DataSpec(**kw)
+
+
+def test_stretch_resizes_the_whole_image(tmp_path: Path) -> None:
+    """resize_mode "stretch": the ImageFolder eval transform squashes the whole image to
+    image_size x image_size (PIL bilinear, as TFLite users feed the interpreter), no crop."""
+    from torchvision import transforms as T
+
+    _write_folder(tmp_path, {"cat": 1}, "val", (40, 24))
+    spec = DataSpec("imagefolder", str(tmp_path), image_size=16, augment="imagenet_mobile",
+                    workers=0, input_mean=TF_HALF, input_std=TF_HALF, resize_mode="stretch")
+    p = preprocessing(spec)
+    assert (p["resize"], p["resize_mode"], p["crop"]) == (16, "stretch", 16)
+    x, _ = collect(load_data(spec, "val"), batch_size=1, augment=False, shuffle=False)
+    img = Image.open(tmp_path / "val" / "cat" / "0.png").convert("RGB")
+    squashed = img.resize((16, 16), Image.Resampling.BILINEAR)
+    torch.testing.assert_close(x[0], T.Compose([T.ToTensor(), T.Normalize(TF_HALF, TF_HALF)])(
+        squashed), rtol=0, atol=1e-6)
+    shorter = DataSpec("imagefolder", str(tmp_path), image_size=16, resize=16, workers=0,
+                       augment="imagenet_mobile", input_mean=TF_HALF, input_std=TF_HALF)
+    y, _ = collect(load_data(shorter, "val"), batch_size=1, augment=False, shuffle=False)
+    assert (x - y).abs().mean() > 0.05  # the default mode crops the sides away
+    # resize > image_size: stretch to resize x resize, then the center crop
+    spec20 = DataSpec("imagefolder", str(tmp_path), image_size=16, resize=20, workers=0,
+                      augment="imagenet_mobile", resize_mode="stretch")
+    z, _ = collect(load_data(spec20, "val"), batch_size=1, augment=False, shuffle=False)
+    ref = T.Compose([T.CenterCrop(16), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])(
+        img.resize((20, 20), Image.Resampling.BILINEAR))
+    torch.testing.assert_close(z[0], ref, rtol=0, atol=1e-6)
+
+
+def test_stretch_in_memory_matches_the_loader_path() -> None:
+    """The in-memory eval path resizes with torch (antialiased bilinear): the same as PIL's
+    resize of the whole image up to rounding to uint8."""
+    kw = dict(max_images=16, image_size=24, resize_mode="stretch")
+    mem = load_data(DataSpec(**kw), "val")  # type: ignore[arg-type]
+    per_image = load_data(DataSpec(**kw, in_memory=False, workers=0), "val")  # type: ignore[arg-type]
+    a, _ = collect(mem, batch_size=16, augment=False, shuffle=False)
+    b, _ = collect(per_image, batch_size=16, augment=False, shuffle=False)
+    assert a.shape == b.shape == (16, 3, 24, 24)
+    one_level = 1 / 255 / min(CIFAR10_JPEG_STD)
+    assert (a - b).abs().max() <= 1.01 * one_level
+    cropped, _ = collect(load_data(DataSpec(max_images=16, image_size=24), "val"),
+                         batch_size=16, augment=False, shuffle=False)
+    assert (a - cropped).abs().mean() > 10 * one_level  # shorter_side center-crops 32 -> 24
+
+
+def test_unknown_resize_mode_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="unknown resize_mode 'squash'; known: shorter_side, "
+                                         "stretch"):
+        DataSpec(resize_mode="squash")

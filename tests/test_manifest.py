@@ -99,6 +99,19 @@ def test_roundtrip_and_summary(export_dir: Path) -> None:
     assert "\n" not in line and "4 subnets" in line and "8 files verified" in line
 
 
+@pytest.mark.parametrize("mode", ["shorter_side", "stretch", None])
+def test_resize_mode_is_optional_in_schema_version_1(export_dir: Path, mode: str | None) -> None:
+    """``preprocessing.resize_mode`` was added to schema 1 as an optional key: manifests
+    written before it (no key, as the golden one) and after it both load."""
+    doc = _doc(export_dir)
+    doc["preprocessing"].pop("resize_mode", None)
+    if mode is not None:
+        doc["preprocessing"]["resize_mode"] = mode
+    write_manifest(export_dir, doc)
+    assert load_manifest(export_dir).preprocessing.get("resize_mode") == mode
+    assert "resize_mode" not in load_manifest(GOLDEN).preprocessing
+
+
 def test_write_sorts_subnets_by_macs(export_dir: Path) -> None:
     doc = _doc(export_dir)
     doc["subnets"].reverse()
@@ -117,6 +130,7 @@ def test_write_sorts_subnets_by_macs(export_dir: Path) -> None:
     (lambda d: d.update(schema_version=2), "schema_version 2 is not supported"),
     (lambda d: d["subnets"][0]["files"]["onnx"].update(path="/etc/passwd"), "path"),
     (lambda d: d["subnets"][0]["files"]["onnx"].update(path="a/../../x"), "path"),
+    (lambda d: d["preprocessing"].update(resize_mode="crop"), "resize_mode"),
 ])
 def test_write_rejects_invalid_documents(export_dir: Path, mutate, match: str) -> None:
     before = (export_dir / MANIFEST_FILE).read_bytes()

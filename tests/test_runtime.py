@@ -106,26 +106,57 @@ def _torch_preprocess(img: np.ndarray, pre: dict, resolution: int) -> np.ndarray
     from mutualnet.data.transforms import resize_center_crop, resize_to
 
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / pre["input_scale"]
-    x = resize_center_crop(x, pre["resize"], pre["crop"])
+    x = resize_center_crop(x, pre["resize"], pre["crop"], pre.get("resize_mode", "shorter_side"))
     mean = torch.tensor(pre["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(pre["std"]).view(1, 3, 1, 1)
     return resize_to((x - mean) / std, resolution).numpy()
 
 
-@pytest.mark.parametrize("shape, resize, crop, res", [
-    ((16, 16), None, 16, 12),          # CIFAR-style: only the subnet resize
-    ((40, 30), None, 16, 12),          # larger than crop: center crop
-    ((10, 13), None, 16, 16),          # smaller than crop: upscale first
-    ((50, 70), 24, 20, 14),            # ImageNet-style: shorter side, crop, then r
+@pytest.mark.parametrize("shape, resize, crop, res, mode", [
+    ((16, 16), None, 16, 12, None),             # CIFAR-style: only the subnet resize
+    ((40, 30), None, 16, 12, None),             # larger than crop: center crop
+    ((10, 13), None, 16, 16, None),             # smaller than crop: upscale first
+    ((50, 70), 24, 20, 14, None),               # ImageNet-style: shorter side, crop, then r
+    ((50, 70), 24, 20, 14, "shorter_side"),     # the same, spelled out
+    ((50, 70), 20, 20, 20, "stretch"),          # whole image to 20 x 20, no crop
+    ((31, 57), 24, 20, 14, "stretch"),          # stretch to 24 x 24, crop 20, then r
+    ((9, 12), None, 16, 12, "stretch"),         # upscaled to crop x crop
 ])
-def test_preprocessing_matches_training_side(shape, resize, crop, res) -> None:
+def test_preprocessing_matches_training_side(shape, resize, crop, res, mode) -> None:
     pytest.importorskip("mutualnet.data.transforms")
     pre = dict(PREPROCESSING, resize=resize, crop=crop)
+    if mode is not None:
+        pre["resize_mode"] = mode
     img = np.random.default_rng(1).integers(0, 256, (*shape, 3), dtype=np.uint8)
     ours = preprocess_images(img[None], pre, res)
     ref = _torch_preprocess(img, pre, res)
     assert ours.shape == ref.shape == (1, 3, res, res)
     np.testing.assert_allclose(ours, ref, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(343, 512), (600, 512), (70, 45)])
+def test_stretch_equals_a_pil_resize_of_the_whole_image(shape) -> None:
+    """``resize_mode: stretch`` (resize = crop) is what TFLite users feed the interpreter:
+    PIL's bilinear resize of the whole image; PIL rounds to uint8, hence the tolerance."""
+    from PIL import Image
+
+    pre = dict(PREPROCESSING, resize=40, crop=40, resize_mode="stretch", mean=[0.0] * 3,
+               std=[1.0] * 3)
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]] / max(shape)
+    noise = np.random.default_rng(2).normal(0, 8, (*shape, 3))
+    img = np.stack([xx * 200, yy * 200, 120 + 100 * np.sin(9 * xx * yy)], axis=2) + noise
+    img = img.clip(0, 255).astype(np.uint8)
+    ours = preprocess_images([img], pre, 40)[0].transpose(1, 2, 0) * 255.0
+    pil = np.asarray(Image.fromarray(img).resize((40, 40), Image.Resampling.BILINEAR))
+    assert np.abs(ours - pil).max() <= 1.0
+    assert np.abs(ours - pil).mean() < 0.5  # uint8 rounding: about 0.25
+    shorter = preprocess_images([img], dict(pre, resize_mode="shorter_side"), 40)[0]
+    assert np.abs(shorter.transpose(1, 2, 0) * 255.0 - pil).mean() > 2  # the crop differs
+
+
+def test_unknown_resize_mode_is_a_usage_error() -> None:
+    with pytest.raises(ExportUsageError, match="unknown preprocessing resize_mode 'fit'"):
+        preprocess_images(_images(1), dict(PREPROCESSING, resize_mode="fit"), 12)
 
 
 def test_preprocess_accepts_lists_of_any_size_and_rejects_bad_images() -> None:

@@ -230,9 +230,10 @@ def test_imported_tflite_config_normalizes_like_tf(tmp_path: Path) -> None:
     config = load_checkpoint(out).config
     assert config.input_mean == (128 / 255,) * 3 and config.input_std == (128 / 255,) * 3
     assert (config.image_size, config.image_resize) == (160, 160)
+    assert config.image_resize_mode == "stretch"
     pre = preprocessing(config.data_spec())
     assert pre["mean"] == [128 / 255] * 3 and pre["std"] == [128 / 255] * 3
-    assert (pre["resize"], pre["crop"]) == (160, 160)
+    assert (pre["resize"], pre["resize_mode"], pre["crop"]) == (160, "stretch", 160)
     from PIL import Image
 
     folder = tmp_path / "imagenet" / "val" / "n01440764"
@@ -242,6 +243,51 @@ def test_imported_tflite_config_normalizes_like_tf(tmp_path: Path) -> None:
     x, _ = next(load_data(config.data_spec("val"), "val").batches(
         1, augment=False, shuffle=False))
     torch.testing.assert_close(x, to_input(photos(160)[:1]), rtol=0, atol=1e-5)
+
+
+@needs_litert
+def test_import_export_run_matches_the_interpreter_end_to_end(
+        tmp_path: Path, reference: dict[str, tuple[np.ndarray, list[int]]]) -> None:
+    """import-weights -> export (0.5, 160) -> SubnetRuntime / `mutualnet run` on the original
+    photos (any size): top-1 equals the interpreter's on whole images resized to 160 x 160,
+    because the manifest says ``resize_mode: stretch`` (a center crop changes 2 of 8)."""
+    import shutil
+
+    from PIL import Image
+
+    from export.runtime import SubnetRuntime
+
+    name = "mobilenet_v1_0.5_160_quant.tflite"
+    photos_dir = tmp_path / "photos"
+    for split in ("train", "val"):  # a tiny ImageFolder: one class folder per photo
+        for photo in PHOTOS:
+            (photos_dir / split / Path(photo).stem).mkdir(parents=True)
+            shutil.copy(DATA / photo, photos_dir / split / Path(photo).stem / photo)
+    run_dir, runner = tmp_path / "run", CliRunner()
+    for args in (["import-weights", str(DATA / name), "--model", "mobilenet_v1", "--classes",
+                  "1000", "--labels", str(DATA / "imagenet_labels.txt"), "--dataset-dir",
+                  str(photos_dir), "--out", str(run_dir)],
+                 ["export", str(run_dir), "--pairs", "0.5@160", "--calib-images", "0",
+                  "--eval-images", "8", "--no-progress"]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, result.output
+    export = run_dir / "export"
+    expected = reference[name][1]  # 1001-class indices; the checkpoint dropped background
+    labels = [line.strip() for line in (DATA / "imagenet_labels.txt").read_text().splitlines()
+              if line.strip()]
+    originals = []
+    for photo in PHOTOS:
+        with Image.open(DATA / photo) as im:
+            originals.append(np.asarray(im.convert("RGB")))
+    assert len({a.shape for a in originals}) > 1  # not square, not resized beforehand
+    with SubnetRuntime.load(export, backend="onnxruntime", threads=1) as runtime:
+        assert runtime.manifest.preprocessing["resize_mode"] == "stretch"
+        assert (runtime.infer(originals).top1 + 1).tolist() == expected
+    result = runner.invoke(cli, ["run", str(export), *(str(DATA / p) for p in PHOTOS)])
+    assert result.exit_code == 0, result.output
+    printed = {line.split(": ", 1)[0]: line.split(": ", 1)[1].rsplit(" (", 1)[0]
+               for line in result.stdout.splitlines() if ": " in line}
+    assert [printed[str(DATA / p)] for p in PHOTOS] == [labels[i] for i in expected]
 
 
 def test_cli_width_mismatch_is_one_line_exit_2(tmp_path: Path) -> None:

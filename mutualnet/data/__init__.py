@@ -28,6 +28,7 @@ from .readers import RawSplit, read_cifar, read_npz, scan_imagefolder, stratifie
 from .spec import (
     AUGMENTS,
     DATASETS,
+    RESIZE_MODES,
     SPLITS,
     DataSpec,
     expected_layout,
@@ -41,6 +42,7 @@ __all__ = [
     "AUGMENTS",
     "BUNDLED_NPZ",
     "DATASETS",
+    "RESIZE_MODES",
     "DataSpec",
     "ImageData",
     "LoaderImageData",

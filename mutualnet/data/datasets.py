@@ -154,7 +154,7 @@ class TensorImageData(ImageData):
         else:
             x = x.permute(0, 3, 1, 2)
             if spec.eval_resize is not None or x.shape[2] != size or x.shape[3] != size:
-                x = resize_center_crop(x.float(), spec.eval_resize, size)
+                x = resize_center_crop(x.float(), spec.eval_resize, size, spec.resize_mode)
         return normalize(x, self.mean, self.std).contiguous()
 
 
@@ -177,7 +177,10 @@ def pil_transform(spec: DataSpec, augment: bool) -> Callable[[Any], torch.Tensor
                  T.RandomHorizontalFlip()]
     else:
         resize = spec.eval_resize
-        steps = [T.Resize(resize)] if resize is not None else []
+        if resize is not None and spec.resize_mode == "stretch":
+            steps = [T.Resize((resize, resize))]  # whole image, aspect ratio not kept
+        else:
+            steps = [T.Resize(resize)] if resize is not None else []
         steps.append(T.CenterCrop(size))
     steps += [T.ToTensor(), T.Normalize(spec.mean, spec.std)]
     return T.Compose(steps)

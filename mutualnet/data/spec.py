@@ -14,6 +14,10 @@ from ..errors import UsageError
 
 DATASETS = ("cifar10_bundled", "npz", "cifar10", "cifar100", "imagefolder")
 AUGMENTS = ("cifar", "imagenet_mobile", "imagenet_basic")
+#: How evaluation resizes an image: "shorter_side" (keep the aspect ratio, shorter side ->
+#: ``resize``, then center crop) or "stretch" (both sides -> ``resize``, squashing the aspect
+#: ratio, as the TFLite interpreter's users feed its MobileNets).
+RESIZE_MODES = ("shorter_side", "stretch")
 SPLITS = ("train", "val")
 
 #: RandomResizedCrop scale range of each ImageNet-style augmentation (SPEC section 3).
@@ -53,6 +57,9 @@ class DataSpec:
     | imagefolder (``root`` holds ``train/<class>/*`` and ``val/<class>/*``).
     ``resize``: evaluation resizes the shorter side to this, then center-crops ``image_size``;
     None keeps CIFAR-style images as they are (imagefolder then uses image_size * 256 / 224).
+    ``resize_mode``: "shorter_side" (as above) or "stretch": evaluation resizes the whole
+    image to ``resize`` x ``resize`` (None: ``image_size``, so no crop) ignoring its aspect
+    ratio, then center-crops ``image_size`` (imported TFLite weights: resize = image_size).
     ``in_memory``: decode once into a uint8 tensor and augment batches on their device;
     None = yes for the npz/CIFAR sets, no for imagefolder.
     ``max_images``: keep only the first N images of a split, balanced over classes.
@@ -71,6 +78,7 @@ class DataSpec:
     max_images: int | None = None
     input_mean: Stats | None = None
     input_std: Stats | None = None
+    resize_mode: str = "shorter_side"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_mean",
@@ -93,6 +101,9 @@ class DataSpec:
                                         or self.resize < self.image_size):
             raise UsageError(f"resize must be an integer >= image_size ({self.image_size}) "
                              f"or None, got {self.resize!r}")
+        if self.resize_mode not in RESIZE_MODES:
+            raise UsageError(f"unknown resize_mode {self.resize_mode!r}; known: "
+                             f"{', '.join(RESIZE_MODES)}")
         if not isinstance(self.workers, int) or self.workers < 0:
             raise UsageError(f"workers must be an integer >= 0, got {self.workers!r}")
         if self.max_images is not None and (not isinstance(self.max_images, int)
@@ -107,9 +118,12 @@ class DataSpec:
 
     @property
     def eval_resize(self) -> int | None:
-        """Shorter side that evaluation resizes to before the center crop (None = no resize)."""
+        """Side that evaluation resizes to before the center crop (None = no resize): the
+        shorter side, or both sides with ``resize_mode`` "stretch"."""
         if self.resize is not None:
             return self.resize
+        if self.resize_mode == "stretch":
+            return self.image_size
         if self.dataset == "imagefolder":
             return int(round(self.image_size * 256 / 224))
         return None
@@ -163,6 +177,7 @@ def preprocessing(spec: DataSpec) -> dict[str, object]:
     """How a deployed model's input must be prepared (the manifest's ``preprocessing``)."""
     return {
         "resize": spec.eval_resize,
+        "resize_mode": spec.resize_mode,
         "crop": spec.image_size,
         "mean": [float(m) for m in spec.mean],
         "std": [float(s) for s in spec.std],

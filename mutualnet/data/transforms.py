@@ -146,20 +146,26 @@ def color_jitter(x: torch.Tensor, gen: torch.Generator, strength: float = COLOR_
     return x
 
 
-def resize_center_crop(x: torch.Tensor, resize: int | None, crop: int) -> torch.Tensor:
+def resize_center_crop(x: torch.Tensor, resize: int | None, crop: int,
+                       mode: str = "shorter_side") -> torch.Tensor:
     """Evaluation transform of a float NCHW batch: shorter side -> ``resize``, center ``crop``.
 
     ``resize`` None: no resize unless the image is smaller than ``crop`` (then it is resized
-    up to ``crop``). Bilinear with antialias, like torchvision's Resize on tensors.
+    up to ``crop``). ``mode`` "stretch": both sides -> ``resize`` (None: ``crop``), ignoring
+    the aspect ratio, then the center crop. Bilinear with antialias, like torchvision's
+    Resize on tensors.
     """
     h, w = x.shape[-2:]
-    if resize is None and min(h, w) < crop:
-        resize = crop
-    if resize is not None and min(h, w) != resize:
-        if h <= w:
-            nh, nw = resize, int(resize * w / h)
-        else:
-            nh, nw = int(resize * h / w), resize
+    if mode == "stretch":
+        side = crop if resize is None else resize
+        nh, nw = side, side
+    else:
+        if resize is None and min(h, w) < crop:
+            resize = crop
+        nh, nw = h, w
+        if resize is not None and min(h, w) != resize:
+            nh, nw = (resize, int(resize * w / h)) if h <= w else (int(resize * h / w), resize)
+    if (nh, nw) != (h, w):
         x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False,
                           antialias=True)
         h, w = nh, nw

@@ -27,8 +27,9 @@ __all__ = ["IMAGENET_PREPROCESSING", "ImportReport", "detect_format", "external_
 
 #: What torchvision's ImageNet weights expect (resize 256, center crop 224).
 IMAGENET_PREPROCESSING: dict[str, Any] = {
-    "resize": 256, "crop": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-    "channel_order": "RGB", "input_scale": 255.0, "interpolation": "bilinear", "layout": "NCHW",
+    "resize": 256, "resize_mode": "shorter_side", "crop": 224, "mean": [0.485, 0.456, 0.406],
+    "std": [0.229, 0.224, 0.225], "channel_order": "RGB", "input_scale": 255.0,
+    "interpolation": "bilinear", "layout": "NCHW",
 }
 TFLITE_MODELS = ("mobilenet_v1",)
 

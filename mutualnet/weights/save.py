@@ -37,9 +37,9 @@ def checkpoint_config(model: SlimmableNet, report: ImportReport, *,
     ``dataset_dir``: the ImageFolder root (``train/``, ``val/``) later commands should use.
 
     The weights' input preprocessing goes into the config: ``input_mean``/``input_std``
-    (TFLite: 128/255) and, with the file's resolution, ``image_size`` and ``image_resize``
-    (TFLite: resize to the model size); the full record also goes into the checkpoint's
-    ``extra``.
+    (TFLite: 128/255), ``image_resize_mode`` (TFLite: "stretch", whole image to the model
+    size) and, with the file's resolution, ``image_size`` and ``image_resize``; the full
+    record also goes into the checkpoint's ``extra``.
     """
     from ..config import config_from_dict
 
@@ -56,6 +56,8 @@ def checkpoint_config(model: SlimmableNet, report: ImportReport, *,
         d["image_size"] = report.resolution
         if pre.get("resize") is not None:
             d["image_resize"] = int(pre["resize"])
+    if pre.get("resize_mode") is not None:
+        d["image_resize_mode"] = str(pre["resize_mode"])
     for key, value in (("input_mean", pre.get("mean")), ("input_std", pre.get("std"))):
         if value is not None:
             d[key] = [float(v) for v in value]

@@ -255,10 +255,10 @@ def _check_options(path: Path, conv: TFLiteConv, strides: dict[str, int]) -> Non
 def preprocessing(parsed: TFLiteMobileNetV1) -> dict[str, Any]:
     """The input normalization these weights expect, in the project's manifest terms.
 
-    TF resized whole images to the input size; the closest manifest form is "shorter
-    side to the input size, then center crop" (identical for square images).
+    TF resized whole images to the input size, aspect ratio not kept: ``resize_mode``
+    "stretch" with resize = crop = the file's resolution.
     """
-    return {"resize": parsed.resolution, "crop": parsed.resolution, "mean": [TF_MEAN] * 3,
-            "std": [TF_STD] * 3, "channel_order": "RGB", "input_scale": 255.0,
-            "interpolation": "bilinear", "layout": "NCHW"}
+    return {"resize": parsed.resolution, "resize_mode": "stretch", "crop": parsed.resolution,
+            "mean": [TF_MEAN] * 3, "std": [TF_STD] * 3, "channel_order": "RGB",
+            "input_scale": 255.0, "interpolation": "bilinear", "layout": "NCHW"}
 
