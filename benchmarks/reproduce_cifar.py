@@ -34,13 +34,11 @@ import dataclasses
 import io
 import json
 import math
-import os
 import shlex
 import shutil
 import statistics
 import sys
-import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +51,7 @@ from benchmarks._report import markdown_table, write_section  # noqa: E402
 from export.errors import ExportError  # noqa: E402
 from mutualnet.errors import MutualNetError, UsageError  # noqa: E402
 from mutualnet.evaluate import GridPoint, pareto_front, sort_points  # noqa: E402
+from mutualnet.fileio import atomic_write  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10_jpeg.npz"
 DEFAULT_OUT = ROOT / "runs" / "reproduce_cifar"
@@ -228,19 +227,6 @@ def run_config(spec: RunSpec, s: Settings, run_dir: Path) -> Any:
 
 
 # ----------------------------------------------------------------------------- files
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Write via a temp file in ``path``'s directory, then os.replace (nothing half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_json(path: Path, doc: Any) -> None:
     atomic_write(path, lambda t: t.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n"))
 

@@ -19,7 +19,6 @@ import contextlib
 import io
 import logging
 import os
-import tempfile
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,6 +27,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from mutualnet.fileio import atomic_path
 
 from .errors import ExportError, ExportUsageError
 
@@ -69,20 +70,13 @@ def export_onnx(model: nn.Module, resolution: int, path: str | os.PathLike[str],
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     x = torch.zeros(1, 3, resolution, resolution, device=device)
-    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(out) as tmp:
         if exporter == "torchscript":
             _export_torchscript(model, x, tmp, opset)
         else:
             _export_dynamo(model, x, tmp, opset)
         ops, num_classes = check_graph(tmp, resolution)
         size = tmp.stat().st_size
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return OnnxInfo(out, resolution, num_classes, opset, exporter, ops, size)
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from mutualnet.fileio import atomic_write
 from mutualnet.slimmable import (
     GlobalAvgPool,
     SlimConv2d,
@@ -503,9 +503,9 @@ def save_subnet(sliced: SlicedSubnet, out_dir: str | os.PathLike[str]) -> tuple[
     weights, arch = out / WEIGHTS_FILE, out / ARCH_FILE
     meta = {"format": ARCH_FORMAT, "model": sliced.arch.model,
             "width": repr(sliced.arch.width), "resolution": str(sliced.arch.resolution)}
-    _atomic(weights, lambda p: save_file(state, str(p), metadata=meta))
+    atomic_write(weights, lambda p: save_file(state, str(p), metadata=meta))
     text = arch_json(sliced.arch)
-    _atomic(arch, lambda p: p.write_text(text))
+    atomic_write(arch, lambda p: p.write_text(text))
     return weights, arch
 
 
@@ -516,17 +516,6 @@ def arch_json(arch: SubnetArch) -> str:
     head = json.dumps(d, indent=1)[:-2]
     body = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in layers.items())
     return f'{head},\n "layers": {{\n{body}\n }}\n}}\n'
-
-
-def _atomic(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_arch(path: str | os.PathLike[str]) -> SubnetArch:

@@ -19,9 +19,7 @@ import hashlib
 import json
 import os
 import random
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ from torch import nn
 from . import __version__
 from .config import ConfigWarning, TrainConfig, config_from_dict
 from .errors import CheckpointError, ConfigError, UsageError
+from .fileio import atomic_path
 from .slimmable import SlimmableNet
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -118,19 +117,6 @@ def resolve_checkpoint_path(path: str | os.PathLike[str]) -> Path:
     return p
 
 
-@contextmanager
-def _atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temp path in ``target``'s directory; move it onto ``target`` on success."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # -- RNG state --------------------------------------------------------------------------------
 
 def capture_rng() -> dict[str, Any]:
@@ -204,7 +190,7 @@ def save_checkpoint(
     if classes is not None:
         meta["classes"] = json.dumps([str(c) for c in classes])
     target = out / CHECKPOINT_FILE
-    with _atomic_path(target) as tmp:
+    with atomic_path(target) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
         digest = sha256_file(tmp)
     if optimizer is not None:
@@ -216,7 +202,7 @@ def save_checkpoint(
             "rng": capture_rng() if save_rng else {},
             "weights_sha256": digest,
         }
-        with _atomic_path(out / STATE_FILE) as tmp:
+        with atomic_path(out / STATE_FILE) as tmp:
             torch.save(state, tmp)
     return target
 

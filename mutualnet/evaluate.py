@@ -13,8 +13,7 @@ import csv
 import io
 import json
 import os
-import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UsageError
+from .fileio import atomic_write
 from .slimmable import SlimmableNet
 
 if TYPE_CHECKING:
@@ -188,17 +188,6 @@ def format_table(points: Sequence[GridPoint]) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def grid_document(points: Sequence[GridPoint], *, label: str = "run",
                   meta: dict[str, Any] | None = None) -> dict[str, Any]:
     front = {(p.width, p.resolution) for p in pareto_front(points)}
@@ -229,12 +218,12 @@ def write_grid(points: Sequence[GridPoint], out_dir: str | os.PathLike[str], *,
                         f"{p['top1']:.3f}", f"{p['top5']:.3f}", p["images"], int(p["pareto"])])
         tmp.write_text(buf.getvalue())
 
-    _atomic_write(paths["csv"], write_csv)
+    atomic_write(paths["csv"], write_csv)
     text = json.dumps(doc, indent=1) + "\n"
-    _atomic_write(paths["json"], lambda t: None if t.write_text(text) else None)
+    atomic_write(paths["json"], lambda t: None if t.write_text(text) else None)
     if plot:
         paths["png"] = out / GRID_PNG
-        _atomic_write(paths["png"], lambda t: plot_grid([(label, points), *compare], t))
+        atomic_write(paths["png"], lambda t: plot_grid([(label, points), *compare], t))
     return paths
 
 

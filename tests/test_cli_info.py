@@ -64,3 +64,11 @@ def test_console_script_error_is_one_line() -> None:
                         "flops", "nope"], capture_output=True, text=True)
     assert p.returncode == 2
     assert len(p.stderr.strip().splitlines()) == 1 and "unknown model" in p.stderr
+
+
+def test_os_errors_become_one_line_failures(tmp_path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    r = run("train", "--out", str(blocker / "run"), "--set", "num_epochs=1")
+    assert r.exit_code in (1, 2), r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1

@@ -34,6 +34,11 @@ class MutualNetGroup(click.Group):
             return super().invoke(ctx)
         except (MutualNetError, ExportError) as e:
             raise _ProjectError(e) from e
+        except OSError as e:  # a path the user gave cannot be read or written
+            where = f" ({e.filename})" if e.filename else ""
+            raise _ProjectError(MutualNetError(
+                f"{e.strerror or e}{where}: check the path, its permissions and free disk space"
+            )) from e
 
 
 @click.group(cls=MutualNetGroup, context_settings={"help_option_names": ["-h", "--help"]})
