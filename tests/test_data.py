@@ -21,6 +21,7 @@ from mutualnet.data import (
     TensorImageData,
     load_data,
     preprocessing,
+    rank_rows,
     resize_to,
 )
 from mutualnet.data.readers import stratified_first
@@ -348,6 +349,73 @@ def test_imagefolder_workers_do_not_change_batches(tmp_path: Path) -> None:
     two = collect(load_data(DataSpec("imagefolder", str(tmp_path), image_size=16, workers=2,
                                      augment="imagenet_mobile"), "train"), **kw)
     assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+
+
+# --------------------------------------------------------------------------- data parallel
+
+RANK_SOURCES = {
+    "memory-cifar": dict(max_images=64),
+    "memory-imagenet": dict(max_images=64, augment="imagenet_mobile", image_size=24, resize=32),
+    "loader-cifar": dict(max_images=64, in_memory=False, workers=0),
+    "loader-imagenet": dict(max_images=64, in_memory=False, workers=0, augment="imagenet_basic",
+                            image_size=24, resize=32),
+}
+
+
+@pytest.mark.parametrize("source", sorted(RANK_SOURCES))
+@pytest.mark.parametrize("augment", [True, False])
+def test_rank_parts_concatenate_to_the_single_process_batch(source: str, augment: bool) -> None:
+    """Every rank's part of every global batch, in rank order, is exactly the world_size=1
+    batch (same order, same crops/flips/jitter), including uneven and empty parts."""
+    data = load_data(DataSpec(**RANK_SOURCES[source]), "train")  # type: ignore[arg-type]
+    assert isinstance(data, LoaderImageData if source.startswith("loader") else TensorImageData)
+    kw = dict(batch_size=20, augment=augment, shuffle=True, seed=4, epoch=1, limit=42)
+    whole = list(data.batches(**kw))  # type: ignore[arg-type]
+    assert [len(y) for _, y in whole] == [20, 20, 2]
+    for world in (2, 3):
+        parts = [list(data.batches(**kw, rank=r, world_size=world))  # type: ignore[arg-type]
+                 for r in range(world)]
+        assert all(len(p) == len(whole) for p in parts)  # ranks stay in lockstep
+        for b, (x, y) in enumerate(whole):
+            assert [len(p[b][1]) for p in parts] == [len(range(20)[rank_rows(len(y), r, world)])
+                                                     for r in range(world)]
+            assert torch.equal(torch.cat([p[b][0] for p in parts]), x), (world, b)
+            assert torch.equal(torch.cat([p[b][1] for p in parts]), y), (world, b)
+    assert [len(y) for _, y in data.batches(**kw, rank=0, world_size=3)] == [6, 6, 0]
+
+
+def test_ranks_load_and_augment_only_their_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mutualnet.data.datasets as ds
+
+    per_image = load_data(DataSpec(max_images=64, in_memory=False, workers=0), "train")
+    assert isinstance(per_image, LoaderImageData)
+    loaded: list[int] = []
+    real_load = per_image._load
+    monkeypatch.setattr(per_image, "_load", lambda i: (loaded.append(i), real_load(i))[1])
+    kw = dict(batch_size=16, augment=True, shuffle=True, seed=1, drop_last=True)
+    sizes = [len(y) for _, y in per_image.batches(**kw, rank=1, world_size=4)]  # type: ignore[arg-type]
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(ds.epoch_seed(1, 0, 1)))
+    mine = torch.cat([order[b * 16 + 4:b * 16 + 8] for b in range(4)])
+    assert sizes == [4] * 4 and sorted(loaded) == sorted(mine.tolist())  # 16 of 64 decoded
+
+    mem = load_data(DataSpec(max_images=64), "train")
+    seen: list[int] = []
+    real_crop = ds.pad_crop_flip
+    monkeypatch.setattr(ds, "pad_crop_flip", lambda x, *a, **k: (seen.append(len(x)),
+                                                                 real_crop(x, *a, **k))[1])
+    assert [len(y) for _, y in mem.batches(**kw, rank=3, world_size=4)] == [4] * 4  # type: ignore[arg-type]
+    assert seen == [4] * 4
+
+
+@pytest.mark.parametrize("kw, needle", [
+    (dict(rank=2, world_size=2), r"rank must be an integer in \[0, 1\]"),
+    (dict(rank=-1, world_size=2), "rank must be"),
+    (dict(rank=0, world_size=0), "world_size must be a positive integer"),
+])
+def test_bad_rank_arguments_are_usage_errors(bundled_train: TensorImageData, kw: dict,
+                                             needle: str) -> None:
+    with pytest.raises(UsageError, match=needle):
+        next(bundled_train.batches(8, augment=False, shuffle=False, **kw))
 
 
 # --------------------------------------------------------------------------- errors

@@ -22,6 +22,7 @@ from .datasets import (
     TensorImageData,
     epoch_seed,
     folder_loader,
+    rank_rows,
     raw_loader,
 )
 from .readers import RawSplit, read_cifar, read_npz, scan_imagefolder, stratified_first
@@ -51,6 +52,7 @@ __all__ = [
     "expected_layout",
     "load_data",
     "preprocessing",
+    "rank_rows",
     "resize_to",
 ]
 

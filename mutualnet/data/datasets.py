@@ -8,6 +8,11 @@
 Both are deterministic for a given (seed, epoch): the shuffle order and every random
 augmentation parameter derive from those two numbers only (and the image index), never from
 global RNG state or the number of workers.
+
+Data parallel: ``batches(..., rank=r, world_size=k)`` yields only rank r's rows of each global
+batch (:func:`rank_rows`), loading and augmenting just those images; the global order and
+every random parameter are those of ``world_size=1``, so the ranks' parts, concatenated in
+rank order, are exactly the single-process batch.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from .transforms import (
     crop_resize,
     normalize,
     pad_crop_flip,
+    part_of_batch,
     random_resized_boxes,
     resize_center_crop,
 )
@@ -48,11 +54,23 @@ def _generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(epoch_seed(seed, epoch, salt))
 
 
-def _check_batch_args(batch_size: int, limit: int | None) -> None:
+def _check_batch_args(batch_size: int, limit: int | None, rank: int, world_size: int) -> None:
     if not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise UsageError(f"limit must be a positive integer or None, got {limit!r}")
+    if not isinstance(world_size, int) or world_size < 1:
+        raise UsageError(f"world_size must be a positive integer, got {world_size!r}")
+    if not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise UsageError(f"rank must be an integer in [0, {world_size - 1}] for world_size "
+                         f"{world_size}, got {rank!r}")
+
+
+def rank_rows(n: int, rank: int, world_size: int) -> slice:
+    """Rank ``rank``'s rows of a global batch of ``n``: contiguous, in rank order, sizes
+    differing by at most one (equal when ``world_size`` divides ``n``; may be empty when
+    ``n < world_size``)."""
+    return slice(n * rank // world_size, n * (rank + 1) // world_size)
 
 
 def _order(n: int, shuffle: bool, seed: int, epoch: int) -> torch.Tensor:
@@ -70,7 +88,12 @@ def _spans(n: int, batch_size: int, drop_last: bool, limit: int | None) -> Itera
 
 class ImageData:
     """One split of a data set. ``batches`` yields ``(x, y)``: x float32 NCHW normalized,
-    ``image_size`` square, on the requested device; y int64 labels."""
+    ``image_size`` square, on the requested device; y int64 labels.
+
+    ``rank``/``world_size`` (data parallel): every global batch of ``batch_size`` (after
+    ``limit`` and ``drop_last``) is yielded as this rank's :func:`rank_rows` of it only; every
+    rank gets the same number of batches (a part can be empty when a batch is smaller than
+    ``world_size``)."""
 
     def __init__(self, spec: DataSpec, split: str, labels: np.ndarray,
                  classes: tuple[str, ...]) -> None:
@@ -95,7 +118,8 @@ class ImageData:
 
     def batches(self, batch_size: int, *, augment: bool, shuffle: bool, seed: int = 0,
                 epoch: int = 0, drop_last: bool = False, device: str | torch.device = "cpu",
-                limit: int | None = None) -> Iterator[Batch]:
+                limit: int | None = None, rank: int = 0,
+                world_size: int = 1) -> Iterator[Batch]:
         raise NotImplementedError
 
 
@@ -125,32 +149,41 @@ class TensorImageData(ImageData):
 
     def batches(self, batch_size: int, *, augment: bool, shuffle: bool, seed: int = 0,
                 epoch: int = 0, drop_last: bool = False, device: str | torch.device = "cpu",
-                limit: int | None = None) -> Iterator[Batch]:
-        _check_batch_args(batch_size, limit)
+                limit: int | None = None, rank: int = 0,
+                world_size: int = 1) -> Iterator[Batch]:
+        _check_batch_args(batch_size, limit, rank, world_size)
         dev = torch.device(device)
         pixels, labels = self._on(dev)
         order = _order(len(self), shuffle, seed, epoch)
         gen = _generator(seed, epoch, 2)
         for span in _spans(len(self), batch_size, drop_last, limit):
-            idx = order[span].to(dev)
+            total = span.stop - span.start
+            rows = rank_rows(total, rank, world_size)
+            idx = order[span][rows].to(dev)
             x = pixels.index_select(0, idx)
-            yield self._transform(x, augment, gen), labels.index_select(0, idx)
+            yield (self._transform(x, augment, gen, total=total, start=rows.start),
+                   labels.index_select(0, idx))
 
-    def _transform(self, x: torch.Tensor, augment: bool, gen: torch.Generator) -> torch.Tensor:
-        """NHWC uint8 -> normalized float NCHW at ``image_size``."""
+    def _transform(self, x: torch.Tensor, augment: bool, gen: torch.Generator, *,
+                   total: int | None = None, start: int = 0) -> torch.Tensor:
+        """NHWC uint8 -> normalized float NCHW at ``image_size``. ``x`` holds rows
+        ``start..start+len(x)`` of a batch of ``total`` (None: all of it); the random
+        parameters are drawn for the whole batch, so ``gen`` advances the same for any part."""
         spec, size = self.spec, self.image_size
+        total, rows = part_of_batch(len(x), total, start)
         if augment and spec.augment == "cifar":
             if x.shape[1] != size or x.shape[2] != size:
                 x = resize_center_crop(x.permute(0, 3, 1, 2).float(), size, size)
                 x = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-            x = pad_crop_flip(x, size, CIFAR_PAD, gen).permute(0, 3, 1, 2)
+            x = pad_crop_flip(x, size, CIFAR_PAD, gen, total=total, start=start)
+            x = x.permute(0, 3, 1, 2)
         elif augment:
             f = x.permute(0, 3, 1, 2).float()
-            boxes = random_resized_boxes(len(f), f.shape[2], f.shape[3],
-                                         RRC_SCALE[spec.augment], gen)
-            flip = torch.rand(len(f), generator=gen) < 0.5
+            boxes = random_resized_boxes(total, f.shape[2], f.shape[3],
+                                         RRC_SCALE[spec.augment], gen)[rows]
+            flip = (torch.rand(total, generator=gen) < 0.5)[rows]
             f = crop_resize(f, boxes, size, flip)  # parameters stay on the CPU
-            x = color_jitter(f, gen, COLOR_JITTER)
+            x = color_jitter(f, gen, COLOR_JITTER, total=total, start=start)
         else:
             x = x.permute(0, 3, 1, 2)
             if spec.eval_resize is not None or x.shape[2] != size or x.shape[3] != size:
@@ -225,22 +258,32 @@ class LoaderImageData(ImageData):
 
     def batches(self, batch_size: int, *, augment: bool, shuffle: bool, seed: int = 0,
                 epoch: int = 0, drop_last: bool = False, device: str | torch.device = "cpu",
-                limit: int | None = None) -> Iterator[Batch]:
-        _check_batch_args(batch_size, limit)
+                limit: int | None = None, rank: int = 0,
+                world_size: int = 1) -> Iterator[Batch]:
+        _check_batch_args(batch_size, limit, rank, world_size)
         dev = torch.device(device)
         order = _order(len(self), shuffle, seed, epoch)
-        if limit is not None:
-            order = order[:limit]
+        parts = []
+        for span in _spans(len(self), batch_size, drop_last, limit):
+            part = order[span][rank_rows(span.stop - span.start, rank, world_size)]
+            parts.append(part.tolist())
+        loaded = [p for p in parts if p]
+        if not loaded:
+            yield from (self._empty(dev) for _ in parts)
+            return
         ds = _PerImage(self._load, self.labels, pil_transform(self.spec, augment), seed, epoch,
                        augment)
         workers = self.spec.workers
         loader = torch.utils.data.DataLoader(
-            ds, batch_size=batch_size, sampler=order.tolist(), num_workers=workers,
-            pin_memory=dev.type == "cuda", drop_last=drop_last,
+            ds, batch_sampler=loaded, num_workers=workers, pin_memory=dev.type == "cuda",
             persistent_workers=False, prefetch_factor=4 if workers > 0 else None)
         it = iter(loader)
         try:
-            for x, y in it:
+            for p in parts:
+                if not p:
+                    yield self._empty(dev)
+                    continue
+                x, y = next(it)
                 yield (x.to(dev, non_blocking=True), y.to(dev, non_blocking=True))
             return
         except UsageError as e:
@@ -248,6 +291,12 @@ class LoaderImageData(ImageData):
             message = str(e).strip().splitlines()[-1].split("UsageError: ", 1)[-1]
         _close_loader(it)
         raise UsageError(message)
+
+    def _empty(self, device: torch.device) -> Batch:
+        """A rank's empty part of a batch smaller than world_size."""
+        size = self.image_size
+        return (torch.zeros(0, 3, size, size, device=device),
+                torch.zeros(0, dtype=torch.int64, device=device))
 
 
 def _close_loader(it: Any) -> None:

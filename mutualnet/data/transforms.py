@@ -43,20 +43,34 @@ def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
     return torch.addcmul(shift.view(1, -1, 1, 1), x.contiguous().float(), inv.view(1, -1, 1, 1))
 
 
-def pad_crop_flip(x: torch.Tensor, size: int, pad: int, gen: torch.Generator) -> torch.Tensor:
+def part_of_batch(n: int, total: int | None, start: int) -> tuple[int, slice]:
+    """``(total, rows)`` for ``n`` images that are rows ``start..start+n`` of a batch of
+    ``total`` (None: the images are the whole batch)."""
+    total = n if total is None else total
+    if start < 0 or start + n > total:
+        raise UsageError(f"rows {start}..{start + n} are not inside a batch of {total} images")
+    return total, slice(start, start + n)
+
+
+def pad_crop_flip(x: torch.Tensor, size: int, pad: int, gen: torch.Generator, *,
+                  total: int | None = None, start: int = 0) -> torch.Tensor:
     """CIFAR augmentation of an NHWC uint8 batch: zero-pad ``pad``, random ``size`` crop, flip.
 
-    One ``index_select`` over pixels does crop and flip together. Returns NHWC.
+    One ``index_select`` over pixels does crop and flip together. Returns NHWC. With
+    ``total``, ``x`` holds rows ``start..start+len(x)`` of a batch of ``total`` images: the
+    random parameters are drawn for the whole batch and those rows used, so each part of a
+    batch (one data-parallel rank's) gets exactly the crops it gets in the whole batch.
     """
     n, h, w, c = x.shape
+    total, rows = part_of_batch(n, total, start)
     hp, wp = h + 2 * pad, w + 2 * pad
-    oy = torch.randint(0, hp - size + 1, (n,), generator=gen)
-    ox = torch.randint(0, wp - size + 1, (n,), generator=gen)
-    flip = torch.rand(n, generator=gen) < 0.5
+    oy = torch.randint(0, hp - size + 1, (total,), generator=gen)[rows]
+    ox = torch.randint(0, wp - size + 1, (total,), generator=gen)[rows]
+    flip = (torch.rand(total, generator=gen) < 0.5)[rows]
     ar = torch.arange(size)
-    rows = oy[:, None] + ar[None, :]
+    src_rows = oy[:, None] + ar[None, :]
     cols = ox[:, None] + torch.where(flip[:, None], size - 1 - ar[None, :], ar[None, :])
-    pixel = (torch.arange(n)[:, None, None] * (hp * wp) + rows[:, :, None] * wp
+    pixel = (torch.arange(n)[:, None, None] * (hp * wp) + src_rows[:, :, None] * wp
              + cols[:, None, :]).reshape(-1)
     padded = F.pad(x, (0, 0, pad, pad, pad, pad)).reshape(n * hp * wp, c)  # NHWC: pad H, W
     return padded.index_select(0, pixel.to(x.device)).view(n, size, size, c)
@@ -104,6 +118,8 @@ def crop_resize(x: torch.Tensor, boxes: torch.Tensor, size: int,
     without antialiasing). ``flip`` (bool per image) mirrors horizontally at the same time.
     """
     n, _, h, w = x.shape
+    if n == 0:  # affine_grid refuses an empty batch
+        return x.new_zeros(0, x.shape[1], size, size)
     top, left, bh, bw = boxes.detach().cpu().to(torch.float32).unbind(1)
     sx = bw / w
     sy = bh / h
@@ -123,14 +139,18 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
 
 
 def color_jitter(x: torch.Tensor, gen: torch.Generator, strength: float = COLOR_JITTER,
-                 max_value: float = 255.0) -> torch.Tensor:
+                 max_value: float = 255.0, *, total: int | None = None,
+                 start: int = 0) -> torch.Tensor:
     """Brightness, contrast and saturation jitter of a float NCHW batch in [0, max_value].
 
     Factors are uniform in [1 - strength, 1 + strength] per image; the order of the three
-    ops is drawn per batch (torchvision draws it per image).
+    ops is drawn per batch (torchvision draws it per image). ``total``/``start``: ``x`` is
+    a part of a larger batch, as in :func:`pad_crop_flip`.
     """
     n = x.shape[0]
-    factors = (1 - strength + 2 * strength * torch.rand(3, n, generator=gen)).to(x.device)
+    total, rows = part_of_batch(n, total, start)
+    draw = torch.rand(3, total, generator=gen)[:, rows]
+    factors = (1 - strength + 2 * strength * draw).to(x.device)
     order = torch.randperm(3, generator=gen).tolist()
     for op in order:
         f = factors[op].view(n, 1, 1, 1)

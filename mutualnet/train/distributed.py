@@ -1,9 +1,10 @@
 """Data-parallel plumbing for runs under ``torchrun`` (one process per GPU).
 
 Outside torchrun (no ``WORLD_SIZE`` in the environment) everything here is a no-op and
-the run is single-process. Each rank gets the same global batch from the deterministic
-data stream and keeps its own slice; the subnet draws are seeded by the step index, so
-every rank runs the same widths and resolutions (SPEC 3).
+the run is single-process. Each rank asks the data for its own rows of every deterministic
+global batch (``ImageData.batches(..., rank=, world_size=)``), so it decodes and augments
+only those images; the subnet draws are seeded by the step index, so every rank runs the
+same widths and resolutions (SPEC 3).
 """
 
 from __future__ import annotations
@@ -67,15 +68,6 @@ def local_batch_size(batch_size: int, info: DistInfo) -> int:
         raise UsageError(f"batch_size {batch_size} (global) is not divisible by the "
                          f"{info.world_size} processes; choose a multiple")
     return batch_size // info.world_size
-
-
-def shard(x: torch.Tensor, y: torch.Tensor, info: DistInfo) -> tuple[torch.Tensor, torch.Tensor]:
-    """This rank's slice of a global batch."""
-    if info.world_size == 1:
-        return x, y
-    n = len(x) // info.world_size
-    s = slice(info.rank * n, (info.rank + 1) * n)
-    return x[s], y[s]
 
 
 def wrap(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:

@@ -259,9 +259,9 @@ def train(
             n_steps = images = 0
             batches = train_data.batches(config.batch_size, augment=True, shuffle=True,
                                          seed=config.random_seed, epoch=epoch, drop_last=True,
-                                         device=device)
-            for x, y in batches:
-                x, y = D.shard(x, y, info)
+                                         device=device, rank=info.rank,
+                                         world_size=info.world_size)
+            for x, y in batches:  # this rank's rows of each global batch
                 assert len(x) == local_bs
                 subnets = sample_subnets(
                     config.method, step=step, seed=config.random_seed,
