@@ -10,7 +10,10 @@ Everything is written into a temporary directory next to the output directory an
 into place only when complete: a crash, Ctrl-C or a full disk leaves no half-written
 export (and with ``force`` the previous export stays intact until the new one is whole).
 Subnets that fail parity are kept, marked ``"status": "parity_failed"`` in the manifest,
-and reported in :attr:`ExportReport.failed` (the CLI then exits 1).
+and reported in :attr:`ExportReport.failed` (the CLI then exits 1). ``parity_images.npz``
+keeps the held-out images parity used (uint8 RGB at the preprocessing crop, with labels;
+capped at 16 MB of pixels), listed in the manifest's ``files``: ``build-engines`` runs
+engine parity on them by default.
 
 ```python
 from export.pipeline import ExportOptions, export_checkpoint
@@ -58,6 +61,10 @@ PARITY_MD = "parity.md"
 PARITY_JSON = "parity.json"
 SUBNETS_DIR = "subnets"
 SLICED = "pytorch_sliced"  # parity key of the sliced plain model vs the supernet
+# parity_images.npz keeps the held-out images (uint8, at the preprocessing crop) for engine
+# parity on the device; at most this many bytes of pixels (500 CIFAR images are 1.5 MB, at
+# 224 px the cap keeps 111 of them)
+PARITY_IMAGES_MAX_BYTES = 16 << 20
 
 Pair = tuple[float, int]
 
@@ -258,6 +265,7 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.Path
                       options: ExportOptions = ExportOptions()) -> ExportReport:
     """Export the grid ``options`` describes from ``checkpoint`` into ``out_dir``."""
     from mutualnet.checkpoint import load_checkpoint
+    from mutualnet.data import preprocessing
 
     start = time.perf_counter()
     out = Path(out_dir).expanduser()
@@ -290,6 +298,12 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.Path
         reports.sort(key=lambda s: (s.macs, s.width, s.resolution))
         table = parity_table(reports)
         files = _write_reports(tmp, reports, table, ckpt, profile)
+        files["parity_images"], kept = write_parity_images_file(
+            tmp, ctx.eval_x, ctx.eval_y, preprocessing(ctx.data_spec))
+        if kept < len(ctx.eval_y):
+            notes.append(f"parity_images.npz keeps {kept} of the {len(ctx.eval_y)} held-out "
+                         f"images (capped at {PARITY_IMAGES_MAX_BYTES >> 20} MB); engine "
+                         "parity on the device uses those, or pass build-engines --images")
         doc = _manifest(config, model, classes, ckpt, profile, ctx, reports, files)
         manifest = write_manifest(tmp, doc)
         _install(tmp, out, force=options.force)
@@ -406,6 +420,34 @@ def _lap(clock: float) -> tuple[float, float]:
 
 
 # --------------------------------------------------------------------------- reports
+def to_uint8_images(batches: Sequence[Any], pre: Mapping[str, Any]) -> np.ndarray:
+    """Normalized float NCHW batches back to uint8 RGB NHWC (undo mean/std and input_scale,
+    round). Exact for data read from uint8 pixels at the crop size (CIFAR); within half a
+    grey level where the crop was resized."""
+    mean = np.asarray(pre["mean"], dtype=np.float64).reshape(1, 3, 1, 1)
+    std = np.asarray(pre["std"], dtype=np.float64).reshape(1, 3, 1, 1)
+    x = np.concatenate([np.asarray(b, dtype=np.float64) for b in batches])
+    u8 = np.clip(np.rint((x * std + mean) * float(pre["input_scale"])), 0, 255).astype(np.uint8)
+    nhwc = u8.transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(nhwc[..., ::-1] if pre.get("channel_order") == "BGR" else nhwc)
+
+
+def write_parity_images_file(tmp: Path, batches: Sequence[Any], labels: np.ndarray,
+                             pre: Mapping[str, Any], *,
+                             max_bytes: int = PARITY_IMAGES_MAX_BYTES
+                             ) -> tuple[dict[str, Any], int]:
+    """Write ``parity_images.npz`` (at most ``max_bytes`` of pixels, taken evenly over the
+    held-out set); returns (its file entry, images kept)."""
+    from .tensorrt_build import PARITY_IMAGES_FILE, write_parity_images
+
+    images = to_uint8_images([b.numpy() if hasattr(b, "numpy") else b for b in batches], pre)
+    keep = max(1, min(len(images), max_bytes // max(1, images[0].nbytes)))
+    idx = np.linspace(0, len(images) - 1, keep).astype(int)
+    path = write_parity_images(tmp / PARITY_IMAGES_FILE, images[idx], np.asarray(labels)[idx],
+                               crop=int(pre["crop"]))
+    return file_entry(tmp, path), keep
+
+
 def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 

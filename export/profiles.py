@@ -194,9 +194,16 @@ def profile_from_dict(data: Any, *, source: str = "<profile>",
         if trt_major == 11:
             raise _fail(source, "dla_core", "TensorRT 11 does not support Jetson (JetPack stays "
                         "on TensorRT 10); use tensorrt_major: 10 with a DLA core")
-    if precision == "int8" and runtime == "onnxruntime":
-        raise _fail(source, "precision", "int8 needs runtime 'tensorrt' (an engine built from "
-                    "a Q/DQ ONNX); use fp32 for ONNX Runtime")
+        if not min_b == opt_b == max_b:
+            bad = "opt_batch" if opt_b != min_b else "max_batch"
+            raise _fail(source, bad, f"the DLA (dla_core: {dla}) runs static shapes only, so "
+                        f"min_batch, opt_batch and max_batch must be equal; got {min_b}/{opt_b}/"
+                        f"{max_b}: set all three to 1 (or one batch size), or set dla_core: null "
+                        "for a dynamic-batch GPU engine")
+    if precision == "int8":
+        raise _fail(source, "precision", "int8 is not supported yet: the export writes no "
+                    "Q/DQ ONNX and TensorRT 11 has no INT8 calibrator; use fp16 (TensorRT) or "
+                    "fp32")
     description = d.get("description", "")
     if not isinstance(description, str):
         raise _fail(source, "description", "expected a string")
@@ -223,6 +230,9 @@ def _read_yaml(path: Path) -> Any:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise ProfileError(f"cannot read deploy profile {path}: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise ProfileError(f"{path} is not a text (UTF-8 YAML) deploy profile: byte "
+                           f"{e.start} cannot be decoded; pass a .yml file") from e
     except yaml.YAMLError as e:
         raise ProfileError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from e
 

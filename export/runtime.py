@@ -38,17 +38,20 @@ from .manifest import Manifest, load_manifest
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
 ON_STALE = ("error", "fallback")
+# cuda-python's major follows CUDA's: 13 needs CUDA 13, JetPack 6 ships CUDA 12
+CUDA_PYTHON = "'cuda-python>=12,<13'"
 
 TENSORRT_HINT = ("install TensorRT's Python package: on Jetson it comes with JetPack "
                  "(`sudo apt install python3-libnvinfer`), elsewhere `pip install tensorrt` "
                  "(or `pip install mutualnet[tensorrt]`); the TensorRT backend also needs "
-                 "`pip install cuda-python`")
+                 "`pip install 'cuda-python>=12,<13'` (CUDA 12, as JetPack 6 ships)")
 ORT_HINT = ("install ONNX Runtime: `pip install onnxruntime` (CPU) or `pip install "
             "onnxruntime-gpu` (CUDA); on Jetson use the wheel for your JetPack")
 
 __all__ = [
     "BudgetChoice", "EngineEnvironment", "InferResult", "LatencyController", "SubnetInfo",
-    "SubnetRuntime", "check_engine_record", "preprocess_images", "tensorrt_environment",
+    "SubnetRuntime", "check_engine_record", "preprocess_images", "resolve_backend",
+    "tensorrt_environment",
 ]
 
 
@@ -348,7 +351,7 @@ def _import_cudart() -> Any:
         except ImportError:
             continue
     raise BackendUnavailableError("the TensorRT backend needs CUDA's Python bindings; "
-                                  "`pip install cuda-python`")
+                                  f"`pip install {CUDA_PYTHON}`")
 
 
 def _cuda_call(result: Any, what: str) -> Any:
@@ -390,7 +393,7 @@ def _gpu_identity(device_index: int = 0) -> tuple[str, str]:
         return name, cc
     except (OSError, subprocess.SubprocessError, ValueError, IndexError) as e:
         raise BackendUnavailableError("cannot identify the GPU (no cuda-python, no "
-                                      "nvidia-smi); `pip install cuda-python`") from e
+                                      f"nvidia-smi); `pip install {CUDA_PYTHON}`") from e
 
 
 def tensorrt_environment(device_index: int = 0) -> EngineEnvironment:
@@ -861,6 +864,19 @@ def _nearest(slots: dict[str, _Slot], info: SubnetInfo, *, same_resolution: bool
     if same_resolution:
         cands = [s for s in cands if s.info.resolution == info.resolution] or cands
     return min(cands, key=lambda s: (abs(s.info.macs - info.macs), s.info.macs))
+
+
+def resolve_backend(manifest_dir: str | os.PathLike[str], backend: str = "auto",
+                    device: str | None = None, on_stale: str = "error") -> str:
+    """The backend :meth:`SubnetRuntime.load` would pick with these arguments, without loading
+    anything: ``tensorrt`` or ``onnxruntime``. Stale or missing engines raise ManifestError
+    with ``on_stale="error"`` and warn + give ``onnxruntime`` with ``"fallback"``."""
+    if backend not in BACKENDS:
+        raise ExportUsageError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    if on_stale not in ON_STALE:
+        raise ExportUsageError(f"on_stale must be 'error' or 'fallback'; got {on_stale!r}")
+    manifest = load_manifest(manifest_dir, verify_files=False)
+    return SubnetRuntime._choose_backend(manifest, backend, device, on_stale)
 
 
 def _stale_or_fallback(on_stale: str, message: str) -> str:

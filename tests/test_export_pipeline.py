@@ -67,7 +67,7 @@ def test_export_grid_prints_parity_table_and_writes_manifest(exported) -> None:
         assert s["accuracy"]["pytorch"]["images"] == 100
     assert manifest.model["classes"][0] == "airplane"
     assert manifest.document["source_checkpoint"]["file"] == "checkpoint.safetensors"
-    assert {"parity_md", "parity_json"} <= set(manifest.document["files"])
+    assert {"parity_md", "parity_json", "parity_images"} <= set(manifest.document["files"])
     assert not list(out.parent.glob(".deploy.*"))  # no temporary directory left behind
 
 
@@ -90,6 +90,53 @@ def test_manifest_subnets_reproduce_on_their_own(exported) -> None:
         plain = load_subnet(manifest.file(entry["files"]["arch"]["path"]))
         with torch.no_grad():
             assert np.abs(plain.module(xr).numpy() - logits).max() <= 1e-4
+
+
+def test_parity_images_are_stored_and_reproduce_the_eval_inputs(exported) -> None:
+    """parity_images.npz holds the held-out images parity used (uint8 at the crop, labels):
+    through the runtime's preprocessing they give the exported inputs, and ONNX Runtime on
+    them reproduces the recorded accuracy; build-engines reads them by default."""
+    from export.runtime import preprocess_images
+    from export.tensorrt_build import stored_parity_images
+
+    _, out = exported
+    manifest = load_manifest(out)
+    entry = manifest.document["files"]["parity_images"]
+    assert entry["path"] == "parity_images.npz" and entry["size"] < 400_000   # 100 x 32 px
+    stored = stored_parity_images(manifest, limit=1000)
+    assert stored is not None and stored.cropped and len(stored) == 100
+    assert stored.images.dtype == np.uint8 and stored.images.shape == (100, 32, 32, 3)
+    data = load_data(DataSpec(max_images=100), "val")
+    x, y = next(data.batches(100, augment=False, shuffle=False))
+    assert (stored.labels == y.numpy()).all()
+    pre = {**manifest.preprocessing, "resize": None}
+    for sn in manifest.subnets[:2] + manifest.subnets[-1:]:
+        r = sn["resolution"]
+        mine = preprocess_images(stored.images, pre, r)
+        np.testing.assert_allclose(mine, resize_to(x, r).numpy(), atol=2e-5)
+        session = ort.InferenceSession(str(manifest.file(sn["files"]["onnx"]["path"])),
+                                       providers=["CPUExecutionProvider"])
+        top1 = float((session.run(None, {"input": mine})[0].argmax(1) == stored.labels).mean())
+        assert top1 * 100 == pytest.approx(sn["accuracy"]["onnxruntime"]["top1"])
+
+
+def test_parity_images_are_capped_evenly(tmp_path: Path) -> None:
+    pre = {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3], "input_scale": 255.0,
+           "crop": 8, "channel_order": "RGB"}
+    u8 = np.random.default_rng(0).integers(0, 256, (10, 8, 8, 3), dtype=np.uint8)
+    mean, std = np.array(pre["mean"]), np.array(pre["std"])
+    x = ((u8 / 255.0 - mean) / std).transpose(0, 3, 1, 2).astype(np.float32)
+    assert (pipeline.to_uint8_images([x[:6], x[6:]], pre) == u8).all()   # exact round trip
+    bgr = pipeline.to_uint8_images([x[:, ::-1]], {**pre, "mean": mean[::-1].tolist(),
+                                                  "std": std[::-1].tolist(),
+                                                  "channel_order": "BGR"})
+    assert (bgr == u8).all()                                   # stored as RGB
+    entry, kept = pipeline.write_parity_images_file(tmp_path, [x], np.arange(10), pre,
+                                                    max_bytes=4 * 8 * 8 * 3)
+    assert kept == 4
+    with np.load(tmp_path / entry["path"]) as z:
+        assert (z["images"] == u8[[0, 3, 6, 9]]).all() and list(z["labels"]) == [0, 3, 6, 9]
+        assert str(z["stage"]) == "cropped" and int(z["crop"]) == 8
 
 
 def test_pairs_and_force(tiny_checkpoint: Path, tmp_path: Path) -> None:

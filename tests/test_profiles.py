@@ -16,7 +16,8 @@ from export.profiles import (
     profiles_dir,
 )
 
-REQUIRED = ("cpu", "jetson-orin-nano", "jetson-agx-orin", "server-a100", "server-h100")
+REQUIRED = ("cpu", "jetson-orin-nano", "jetson-agx-orin", "jetson-agx-orin-gpu", "server-a100",
+            "server-h100")
 
 
 def test_shipped_profiles_load() -> None:
@@ -36,7 +37,14 @@ def test_profile_specifics() -> None:
     assert cpu.runtime == "onnxruntime" and cpu.ort_providers == ("CPUExecutionProvider",)
     agx = load_profile("jetson-agx-orin")
     assert agx.runtime == "tensorrt" and agx.tensorrt_major == 10 and agx.dla_core == 0
-    assert agx.precision == "fp16"
+    assert agx.precision == "fp16" and agx.batch_sizes == (1,)      # DLA: static batch
+    agx_gpu = load_profile("jetson-agx-orin-gpu")
+    assert agx_gpu.dla_core is None and agx_gpu.batch_sizes == (1, 8)
+    for name in list_profiles():
+        p = load_profile(name)
+        assert p.precision != "int8"
+        if p.dla_core is not None:
+            assert p.min_batch == p.opt_batch == p.max_batch
     nano = load_profile("jetson-orin-nano")
     assert nano.dla_core is None and nano.tensorrt_major == 10
     assert load_profile("server-h100").tensorrt_major == 11
@@ -113,6 +121,10 @@ def test_invalid_values_name_file_and_key(tmp_path: Path, key: str, value: objec
     ({"precision": "fp32"}, "dla_core", "fp16 or int8"),
     ({"tensorrt_major": 11}, "dla_core", "TensorRT 11 does not support Jetson"),
     ({"tensorrt_major": None}, "tensorrt_major", "needs the TensorRT major"),
+    ({"max_batch": 8}, "max_batch", "DLA .* static shapes only.*1/1/8"),
+    ({"opt_batch": 2, "max_batch": 2}, "opt_batch", "min_batch, opt_batch and max_batch must "
+                                                    "be equal"),
+    ({"precision": "int8"}, "precision", "int8 is not supported yet.*Q/DQ"),
 ])
 def test_impossible_combinations(changes: dict, key: str, match: str) -> None:
     data = load_profile("jetson-agx-orin").to_dict()
@@ -135,6 +147,32 @@ def test_int8_needs_tensorrt_and_not_a_mapping(tmp_path: Path) -> None:
     bad.write_text("name: [unclosed\n")
     with pytest.raises(ProfileError, match="not valid YAML"):
         load_profile(str(bad))
+
+
+def test_dla_static_batch_from_a_file_names_file_and_key(tmp_path: Path) -> None:
+    data = load_profile("jetson-agx-orin").to_dict()
+    data["max_batch"] = 4
+    path = _write(tmp_path, data)
+    with pytest.raises(ProfileError, match="static shapes") as info:
+        load_profile(str(path))
+    assert str(path) in str(info.value) and "'max_batch'" in str(info.value)
+    data["dla_core"] = None                   # the same batch range on the GPU is fine
+    assert load_profile(str(_write(tmp_path, data))).max_batch == 4
+
+
+def test_int8_is_rejected_for_every_runtime() -> None:
+    for base in ("server-a100", "cpu"):
+        data = load_profile(base).to_dict()
+        data["precision"] = "int8"
+        with pytest.raises(ProfileError, match="'precision'.*int8 is not supported yet"):
+            profile_from_dict(data, source=f"{base}.yml")
+
+
+def test_binary_profile_file_is_a_profile_error(tmp_path: Path) -> None:
+    path = tmp_path / "blob.yml"
+    path.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ProfileError, match="not a text"):
+        load_profile(str(path))
 
 
 def test_unknown_name_and_missing_file(tmp_path: Path) -> None:

@@ -448,6 +448,34 @@ def test_stale_engine_records_are_rejected_or_fall_back(fresh_export: Path,
     runtime.close()
 
 
+def test_cli_on_stale_error_by_default_or_fallback(fresh_export: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`run` and `profile` refuse stale engines (exit 1) unless --on-stale fallback, which
+    notes it on stderr and runs ONNX Runtime."""
+    import export.runtime as mod
+    from export.runtime import resolve_backend
+
+    _with_engine_records(fresh_export, "10.0.1")
+    monkeypatch.setattr(mod, "tensorrt_environment", lambda index=0: ENV)
+    img = _png(tmp_path / "a.png", 12, 12)
+    runner = CliRunner()
+    for cmd in (["run", str(fresh_export), str(img)],
+                ["profile", str(fresh_export), "--duration", "0.01", "--batch", "1"]):
+        res = runner.invoke(cli, cmd)
+        assert res.exit_code == 1 and "stale TensorRT engine" in res.output, res.output
+        assert "Traceback" not in res.output
+        res = runner.invoke(cli, [*cmd, "--on-stale", "fallback", "--backend", "tensorrt"])
+        assert res.exit_code == 0, res.output
+        assert "note: stale TensorRT engine" in res.output and "falling back" in res.output
+        res = runner.invoke(cli, [*cmd, "--on-stale", "ignore"])
+        assert res.exit_code == 2
+    assert resolve_backend(fresh_export, "onnxruntime") == "onnxruntime"
+    with pytest.raises(ManifestError, match="stale"):
+        resolve_backend(fresh_export)
+    with pytest.raises(ExportUsageError, match="on_stale"):
+        resolve_backend(fresh_export, on_stale="maybe")
+
+
 def test_tampered_engine_file_is_rejected(fresh_export: Path) -> None:
     _with_engine_records(fresh_export, "10.3.0")
     eng = next((fresh_export / "engines" / "test").glob("*.plan"))
@@ -533,6 +561,14 @@ def test_run_cli_bad_input(export_dir: Path, tmp_path: Path) -> None:
     res = runner.invoke(cli, ["run", str(export_dir), str(a), "--budget-mflops", "0.000001"])
     assert res.exit_code == 0 and "below the smallest" in res.output
     assert "Traceback" not in res.output
+    binary = tmp_path / "labels.bin"
+    binary.write_bytes(bytes(range(256)) * 4)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    for labels, message in ((binary, "not a UTF-8 text file"), (empty, "no class names")):
+        res = runner.invoke(cli, ["run", str(export_dir), str(a), "--labels", str(labels)])
+        assert res.exit_code == 2 and message in res.output, res.output
+        assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
 
 
 def test_profile_cli(fresh_export: Path) -> None:

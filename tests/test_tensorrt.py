@@ -47,11 +47,39 @@ def test_trtexec_script_tensorrt10_dla(export_dir: Path) -> None:
     for flag in ("--onnx=subnets/w0.25-r12/model.onnx",
                  "--saveEngine=engines/jetson-agx-orin/w0.25-r12.fp16.dla0.plan",
                  "--minShapes=input:1x3x12x12", "--optShapes=input:1x3x12x12",
-                 "--maxShapes=input:8x3x12x12", "--fp16",
+                 "--maxShapes=input:1x3x12x12", "--fp16",
                  "--timingCacheFile=engines/jetson-agx-orin/timing.cache",
-                 "--memPoolSize=workspace:2048M", "--useDLACore=0", "--allowGPUFallback"):
+                 "--memPoolSize=workspace:2048M", "--useDLACore=0", "--allowGPUFallback",
+                 "--profilingVerbosity=detailed"):
         assert flag in text, flag
     assert "--stronglyTyped" not in text and "modelopt" not in text
+    assert "static batch" in text.splitlines()[2]
+
+
+def test_dla_with_dynamic_batch_and_int8_are_refused_by_script_and_builder(
+        export_dir: Path) -> None:
+    """Hand-made profiles (not validated from YAML) still cannot produce a dynamic-batch DLA
+    engine or an --int8 line; both checks run before anything is written."""
+    import dataclasses
+
+    from export.tensorrt_build import build_engines, check_buildable
+
+    agx = load_profile("jetson-agx-orin")
+    dynamic = dataclasses.replace(agx, max_batch=8)
+    int8 = dataclasses.replace(load_profile("server-a100"), precision="int8")
+    m = load_manifest(export_dir)
+    with pytest.raises(ExportUsageError, match="static shape.*1/1/8"):
+        trtexec_script(m, dynamic)
+    with pytest.raises(ExportUsageError, match="Q/DQ"):
+        trtexec_script(m, int8)
+    for bad in (dynamic, int8):
+        with pytest.raises(ExportUsageError):
+            build_engines(export_dir, bad, progress=False)
+    assert not (export_dir / "build_engines.sh").exists()
+    check_buildable(agx)
+    gpu = trtexec_script(m, load_profile("jetson-agx-orin-gpu"))
+    assert "--maxShapes=input:8x3x12x12" in gpu and "--useDLACore" not in gpu
+    assert "--int8" not in trtexec_script(m, load_profile("server-a100"))
 
 
 def test_trtexec_script_tensorrt11_strongly_typed(export_dir: Path) -> None:
@@ -252,6 +280,128 @@ def test_load_parity_images_shared_jpeg_format(tmp_path: Path) -> None:
         load_parity_images(tmp_path / "x.npz")
 
 
+def test_read_parity_images_rejects_unreadable_files(tmp_path: Path,
+                                                    export_dir: Path) -> None:
+    from export.tensorrt_build import read_parity_images
+
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ExportUsageError, match="not an .npz file"):
+        read_parity_images(junk)
+    pickled = tmp_path / "obj.npz"
+    np.savez(pickled, images=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ExportUsageError, match="obj.npz"):
+        read_parity_images(pickled)
+    for args in (["--images", str(junk)], ["--timing-cache", str(tmp_path)]):
+        res = CliRunner().invoke(cli, ["build-engines", str(export_dir), "--profile",
+                                       "jetson-orin-nano", *args])
+        assert res.exit_code == 2, res.output
+        assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+
+
+# ------------------------------------------------------------------ layer datatypes
+
+def test_layer_precisions_from_inspector_json() -> None:
+    from export.tensorrt_build import layer_precisions
+
+    info = {"Layers": [
+        {"Name": "in", "LayerType": "Reformat",
+         "Outputs": [{"Format/Datatype": "Channel major FP16 format where channel % 8 == 0"}]},
+        {"Name": "conv1", "LayerType": "CaskConvolution",
+         "Outputs": [{"Format/Datatype": "Channel major FP16 format where channel % 8 == 0"}]},
+        {"Name": "conv2", "LayerType": "CaskConvolution", "Outputs": [{"Format/Datatype": "Half"}]},
+        {"Name": "fc", "LayerType": "CaskGemm",
+         "Outputs": [{"Format/Datatype": "Row major linear FP32"}]},
+        {"Name": "q", "LayerType": "Scale", "Outputs": [{"Format/Datatype": "Int8"}]},
+    ], "Bindings": ["input", "logits"]}
+    assert layer_precisions(json.dumps(info)) == {"fp16": 2, "fp32": 1, "int8": 1}
+    names_only = {"Layers": ["conv1 + relu", "fc"], "Bindings": ["input", "logits"]}
+    assert layer_precisions(json.dumps(names_only)) is None      # built without DETAILED
+    assert layer_precisions("not json") is None
+
+
+# ------------------------------------------------------------------ default engine parity
+
+class _FakeTrt:
+    __version__ = "10.3.0"
+
+
+def _store_parity_images(root: Path, n: int = 40, crop: int = 16) -> np.ndarray:
+    from export.manifest import file_entry, update_manifest
+    from export.tensorrt_build import write_parity_images
+
+    imgs = np.random.default_rng(1).integers(0, 256, (n, crop, crop, 3), dtype=np.uint8)
+    path = write_parity_images(root / "parity_images.npz", imgs, np.arange(n) % 10, crop=crop)
+
+    def mutate(doc: dict) -> None:
+        doc.setdefault("files", {})["parity_images"] = file_entry(root, path)
+
+    update_manifest(root, mutate)
+    return imgs
+
+
+def _fake_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Everything TensorRT would do, faked: 'engines' are placeholder files, and the
+    'tensorrt' runtime of engine parity is ONNX Runtime (so parity agrees exactly)."""
+    import export.tensorrt_build as tb
+    from export.runtime import SubnetRuntime
+
+    def build_one(trt, major, onnx_path, engine_path, cache_path, profile, name, r):
+        engine_path.parent.mkdir(parents=True, exist_ok=True)
+        engine_path.write_bytes(b"placeholder engine " + onnx_path.read_bytes()[:64])
+
+    class OrtAsTrt:
+        @staticmethod
+        def load(root, backend="auto", device=None, **kw):
+            return SubnetRuntime.load(root, backend="onnxruntime", device="cpu", threads=1)
+
+    monkeypatch.setattr(tb, "_tensorrt", lambda: (_FakeTrt, 10))
+    monkeypatch.setattr(tb, "_gpu_identity", lambda index=0: ("Orin", "8.7"))
+    monkeypatch.setattr(tb, "_build_one", build_one)
+    monkeypatch.setattr(tb, "engine_layer_precisions", lambda *a: {"fp16": 5, "fp32": 1})
+    monkeypatch.setattr(tb, "SubnetRuntime", OrtAsTrt)
+
+
+def test_build_engines_runs_parity_on_the_stored_images_by_default(
+        export_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _store_parity_images(export_dir, n=40)
+    _fake_tensorrt(monkeypatch)
+    res = CliRunner().invoke(cli, ["build-engines", str(export_dir), "--profile",
+                                   "jetson-agx-orin", "--parity-images", "30"])
+    assert res.exit_code == 0, res.output
+    assert "engine parity on 30 held-out images from parity_images.npz" in res.output
+    assert res.output.count("PASS agreement 1.0000") == 4
+    m = load_manifest(export_dir)            # engines and parity images verified
+    for sn in m.subnets:
+        rec = sn["engines"][-1]
+        assert rec["precision"] == rec["precision_requested"] == "fp16"
+        assert rec["layer_precisions"] == {"fp16": 5, "fp32": 1}
+        assert rec["dla_core"] == 0 and rec["gpu_fallback"] is True
+        assert (rec["min_batch"], rec["opt_batch"], rec["max_batch"]) == (1, 1, 1)
+        assert sn["parity"]["tensorrt"]["passed"] and sn["parity"]["tensorrt"]["images"] == 30
+
+
+def test_build_engines_without_stored_images_says_parity_not_run(
+        export_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from export.tensorrt_build import build_engines, describe
+
+    _fake_tensorrt(monkeypatch)
+    report = build_engines(export_dir, "jetson-orin-nano", progress=False)
+    assert report.parity == {} and report.parity_source is None
+    assert "not run (no stored parity images; pass --images)" in describe(report)
+    rec = load_manifest(export_dir).subnets[0]["engines"][-1]
+    assert rec["dla_core"] is None and rec["gpu_fallback"] is False
+
+
+def test_stored_parity_images_must_match_the_crop(export_dir: Path) -> None:
+    from export.errors import ExportError
+    from export.tensorrt_build import stored_parity_images
+
+    _store_parity_images(export_dir, n=5, crop=12)       # the manifest's crop is 16
+    with pytest.raises(ExportError, match="crop 16x16x3"):
+        stored_parity_images(load_manifest(export_dir))
+
+
 # ------------------------------------------------------------------ FP16 ONNX (TensorRT 11)
 
 def test_fp16_conversion_keeps_io_types(export_dir: Path, tmp_path: Path) -> None:
@@ -307,6 +457,9 @@ def test_build_engines_and_run_them(export_dir: Path, tmp_path: Path, precision:
     for sn in m.subnets:
         rec = sn["engines"][-1]
         assert rec["precision"] == precision and rec["compute_capability"].count(".") == 1
+        assert rec["precision_requested"] == precision
+        layers = rec["layer_precisions"]           # what the engine inspector reports
+        assert layers is None or (precision != "fp32" or "fp16" not in layers), layers
         assert sn["parity"]["tensorrt"]["passed"]
     assert (tmp_path / "export" / "engines" / f"test-{precision}" / "timing.cache").is_file()
     with SubnetRuntime.load(export_dir, backend="tensorrt") as rt:

@@ -53,10 +53,12 @@ def export_cmd(checkpoint: Path, widths: list[float] | None, resolutions: list[i
 
     For each (width, resolution): BN calibration, a plain sliced model with BN folded
     (weights.safetensors + arch.json), model.onnx (opset 17), and parity against the
-    supernet on held-out images. Writes parity.md, parity.json and manifest.json; exits 1
-    if any subnet fails parity (its files are kept and marked in the manifest). With
-    --engines, then builds TensorRT engines as build-engines does (exit 1 with an install
-    hint, after writing build_engines.sh, where tensorrt is missing).
+    supernet on held-out images. Writes parity.md, parity.json, parity_images.npz (those
+    held-out images, for engine parity on the device) and manifest.json; exits 1 if any
+    subnet fails parity (its files are kept and marked in the manifest). With --engines,
+    then builds TensorRT engines as build-engines does, with engine parity on the stored
+    images (exit 1 with an install hint, after writing build_engines.sh, where tensorrt is
+    missing).
     """
     import torch
 
@@ -85,8 +87,9 @@ def export_cmd(checkpoint: Path, widths: list[float] | None, resolutions: list[i
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
     click.echo(report.table)
-    click.echo(f"wrote {len(report.subnets)} subnets, parity.md, parity.json and "
-               f"manifest.json to {report.out_dir} in {report.seconds:.1f} s")
+    click.echo(f"wrote {len(report.subnets)} subnets, parity.md, parity.json, "
+               f"parity_images.npz and manifest.json to {report.out_dir} in "
+               f"{report.seconds:.1f} s")
     if report.failed:
         skipped = "; no engines built" if engines else ""
         raise ParityError(f"{len(report.failed)} of {len(report.subnets)} subnets failed parity "
@@ -95,7 +98,8 @@ def export_cmd(checkpoint: Path, widths: list[float] | None, resolutions: list[i
     if engines:
         from .deploy import build_and_report
 
-        build_and_report(report.out_dir, profile, progress=not no_progress)
+        build_and_report(report.out_dir, profile, parity_limit=eval_images,
+                         progress=not no_progress)
 
 
 COMMANDS = [export_cmd]
