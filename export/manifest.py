@@ -183,15 +183,21 @@ def validate_document(doc: Any, *, source: str = "<manifest>") -> None:
 
 # ----------------------------------------------------------------------------- write
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write ``data`` to ``path`` via a synced temp file and ``os.replace`` (never half-written).
+
+    ``mode`` defaults to the existing file's permissions, else 0o644 (mkstemp makes 0600).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if mode is None:
+        mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-        os.chmod(tmp, mode)   # mkstemp makes 0600; keep the usual permissions
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -218,7 +224,7 @@ def write_manifest(out_dir: str | os.PathLike[str], manifest: dict[str, Any]) ->
     text = json.dumps(doc, indent=2, sort_keys=False, allow_nan=False) + "\n"
     path = out / MANIFEST_FILE
     try:
-        _atomic_write_text(path, text)
+        atomic_write_bytes(path, text.encode("utf-8"))
     except OSError as e:
         raise ManifestError(f"could not write {path}: {e.strerror or e}; free space or fix "
                             "permissions and retry (the previous manifest is untouched)") from e

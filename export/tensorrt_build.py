@@ -31,7 +31,6 @@ import json
 import os
 import shlex
 import sys
-import tempfile
 import time
 import warnings
 import zipfile
@@ -43,7 +42,14 @@ from typing import Any
 import numpy as np
 
 from .errors import BackendUnavailableError, ExportError, ExportUsageError
-from .manifest import Manifest, file_entry, load_manifest, update_manifest, utc_now
+from .manifest import (
+    Manifest,
+    atomic_write_bytes,
+    file_entry,
+    load_manifest,
+    update_manifest,
+    utc_now,
+)
 from .parity import register_runner
 from .profiles import DeployProfile, load_profile, profile_from_dict
 from .runtime import (
@@ -162,29 +168,11 @@ def trtexec_script(manifest: Manifest, profile: DeployProfile,
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode if mode is not None else 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def write_build_script(manifest: Manifest, profile: DeployProfile,
                        timing_cache: str | None = None) -> Path:
     """Write ``build_engines.sh`` (executable) next to the manifest; returns its path."""
     path = manifest.root / SCRIPT_NAME
-    _atomic_write(path, trtexec_script(manifest, profile, timing_cache).encode(), 0o755)
+    atomic_write_bytes(path, trtexec_script(manifest, profile, timing_cache).encode(), 0o755)
     return path
 
 
@@ -211,7 +199,7 @@ def convert_onnx_fp16(src: Path, dst: Path) -> Path:
         except ImportError as e:
             raise BackendUnavailableError(FP16_HINT) from e
         model = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
-    _atomic_write(dst, model.SerializeToString())
+    atomic_write_bytes(dst, model.SerializeToString())
     return dst
 
 
@@ -253,8 +241,8 @@ def _build_one(trt: Any, major: int, onnx_path: Path, engine_path: Path, cache_p
     if serialized is None:
         raise ExportError(f"TensorRT failed to build an engine from {onnx_path}; rerun with "
                           "the trtexec line in build_engines.sh --verbose to see why")
-    _atomic_write(engine_path, bytes(memoryview(serialized)))
-    _atomic_write(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
+    atomic_write_bytes(engine_path, bytes(memoryview(serialized)))
+    atomic_write_bytes(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
 
 
 # ============================================================================ layer datatypes
@@ -628,7 +616,7 @@ def write_parity_images(path: str | os.PathLike[str], images: np.ndarray,
     out = Path(path)
     buf = io.BytesIO()
     np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy stubs: allow_pickle kw
-    _atomic_write(out, buf.getvalue())
+    atomic_write_bytes(out, buf.getvalue())
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
 
 import pytest
 
@@ -14,6 +15,20 @@ def _has_cuda() -> bool:
         return bool(torch.cuda.is_available())
     except Exception:
         return False
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> Iterator[None]:
+    """Tests run tiny models: one intra-op thread is far faster on a shared 2-core CPU."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -38,18 +53,11 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
     Returns the ``.safetensors`` path; its run dir also holds the training state. Accuracy
     is low (about 20-25% top-1 at width 1.0, BN calibrated) but above chance (10%).
     """
-    import torch
 
     from mutualnet.config import TrainConfig
     from mutualnet.train import train
 
     out = tmp_path_factory.mktemp("tiny_run")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny model is faster single-threaded on a busy CPU
-    try:
-        cfg = TrainConfig(num_epochs=2, batch_size=64, lr=0.2, max_train_images=2048,
-                          eval_each_epoch=False, device="cpu")
-        result = train(cfg, out, progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    return result.checkpoint
+    cfg = TrainConfig(num_epochs=2, batch_size=64, lr=0.2, max_train_images=2048,
+                      eval_each_epoch=False, device="cpu")
+    return train(cfg, out, progress=False).checkpoint

@@ -11,14 +11,6 @@ from mutualnet.data import load_data, resize_to
 from mutualnet.evaluate import evaluate
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def data(tiny_checkpoint):
     cfg = load_checkpoint(tiny_checkpoint).config

@@ -22,14 +22,6 @@ from mutualnet.evaluate import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _p(w: float, r: int, macs: int, top1: float) -> GridPoint:
     return GridPoint(w, r, macs * 1000, 1000, top1, min(100.0, top1 + 20), 100)
 

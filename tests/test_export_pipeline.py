@@ -23,15 +23,6 @@ GRID = ("--calib-images", "128", "--eval-images", "100", "--no-progress")
 FAST = ("--calib-images", "0", "--eval-images", "32", "--no-progress")  # keep stored BN stats
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small models on a shared 2-core CPU: one intra-op thread is far faster (no barriers)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def run(*args: str | Path):
     return CliRunner().invoke(cli, ["export", *map(str, args)])
 

@@ -19,15 +19,6 @@ from mutualnet.data import DataSpec, load_data, resize_to
 from mutualnet.models import create_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small models on a shared 2-core CPU: one intra-op thread is far faster (no barriers)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def calib_data():
     return load_data(DataSpec(max_images=32), "train")

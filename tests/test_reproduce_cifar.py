@@ -20,14 +20,6 @@ from mutualnet.evaluate import GridPoint  # noqa: E402
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _settings(**changes) -> rc.Settings:
     args = rc.build_parser().parse_args(["--smoke", "--quiet"])
     return dataclasses.replace(rc.settings_from_args(args), **changes)

@@ -29,15 +29,6 @@ from mutualnet.slimmable import SlimConv2d, Slimmable, SlimmableNet
 TOL = 1e-4  # the issue's fp32 gate; observed differences are ~1e-7
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small models on a shared 2-core CPU: one intra-op thread is far faster (no barriers)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def calib_data():
     return load_data(DataSpec(max_images=64), "train")

@@ -15,14 +15,6 @@ QUICK = ["--set", "max_train_images=128", "--set", "batch_size=64", "--set",
          "eval_each_epoch=false", "--device", "cpu", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def run(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(cli, [str(a) for a in args])
     assert "Traceback" not in result.output

@@ -20,14 +20,6 @@ SMALL = TrainConfig(num_epochs=3, batch_size=64, max_train_images=256, eval_each
                     device="cpu", lr=0.2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _weights(run: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(run).model.state_dict()
 

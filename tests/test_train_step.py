@@ -26,14 +26,6 @@ from mutualnet.train import step as step_mod
 RES = (32, 28, 24, 20)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _draw(method: str = "mutual", step: int = 0, seed: int = 0, **kw) -> tuple[Subnet, ...]:
     return sample_subnets(method, step=step, seed=seed, width_range=(0.25, 1.0),
                           resolutions=RES, base_resolution=32, **kw)
