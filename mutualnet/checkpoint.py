@@ -15,7 +15,6 @@ Both are written to a temporary file in the same directory and moved into place 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -31,7 +30,7 @@ from torch import nn
 from . import __version__
 from .config import ConfigWarning, TrainConfig, config_from_dict
 from .errors import CheckpointError, ConfigError, UsageError
-from .fileio import atomic_path
+from .fileio import atomic_path, sha256_file
 from .slimmable import SlimmableNet
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -92,14 +91,6 @@ def unwrap(model: nn.Module) -> nn.Module:
         if not isinstance(inner, nn.Module):
             return model
         model = inner
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def resolve_checkpoint_path(path: str | os.PathLike[str]) -> Path:

@@ -7,6 +7,7 @@ this package.)
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -33,3 +34,12 @@ def atomic_write(target: Path, write: Callable[[Path], object]) -> None:
     """Call ``write(tmp_path)`` and move the result onto ``target`` atomically."""
     with atomic_path(target) as tmp:
         write(tmp)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

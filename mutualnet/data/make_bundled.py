@@ -11,23 +11,16 @@ dtypes are those of the source, so every reader of that format reads the subset 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ..fileio import sha256_file
+
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 BUNDLED_NPZ = BUNDLED_DIR / "cifar10_subset.npz"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def first_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
