@@ -965,24 +965,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _floats(text: str, what: str) -> tuple[float, ...]:
+def _numbers(text: str, what: str, kind: type, *, unique: bool = False) -> tuple:
+    """Parse a comma list of ``kind`` (float or int) for option ``--what``."""
+    noun = "integers" if kind is int else "numbers"
     try:
-        vals = tuple(float(t) for t in text.split(",") if t.strip())
+        vals = tuple(kind(t) for t in text.split(",") if t.strip())
     except ValueError:
-        raise UsageError(f"--{what} must be a comma list of numbers, got {text!r}") from None
+        raise UsageError(f"--{what} must be a comma list of {noun}, got {text!r}") from None
     if not vals:
         raise UsageError(f"--{what} needs at least one value")
-    return vals
-
-
-def _ints(text: str, what: str) -> tuple[int, ...]:
-    try:
-        vals = tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise UsageError(f"--{what} must be a comma list of integers, got {text!r}") from None
-    if not vals:
-        raise UsageError(f"--{what} needs at least one value")
-    if len(set(vals)) != len(vals):
+    if unique and len(set(vals)) != len(vals):
         raise UsageError(f"--{what} lists a value twice: {text!r}")
     return vals
 
@@ -1040,12 +1032,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise UsageError(f"--lr must be a positive number, got {args.lr}")
     if args.peak_tflops is not None and not args.peak_tflops > 0:
         raise UsageError("--peak-tflops must be positive")
-    widths = tuple(sorted(set(_floats(str(pick("grid_widths")), "grid-widths"))))
+    widths = tuple(sorted(set(_numbers(str(pick("grid_widths")), "grid-widths", float))))
     lo, hi = CLAIM_A_RANGE
     bad = [w for w in widths if not lo - 1e-9 <= w <= hi + 1e-9]
     if bad:
         raise UsageError(f"--grid-widths {bad[0]:g} is outside the trained range [{lo}, {hi}]")
-    seeds = _ints(str(pick("seeds")), "seeds")
+    seeds = _numbers(str(pick("seeds")), "seeds", int, unique=True)
     if any(x < 0 for x in seeds):
         raise UsageError("--seeds must be >= 0")
     device = args.device
