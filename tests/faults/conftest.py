@@ -1,0 +1,1 @@
+"""Fault suite: tests import their checks from ``faultkit`` (this folder is on sys.path)."""
