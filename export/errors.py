@@ -33,3 +33,7 @@ class ParityError(ExportError):
 
 class BackendUnavailableError(ExportError):
     """An optional runtime package (tensorrt, onnxruntime) is missing; says how to install it."""
+
+
+class BudgetError(ExportError):
+    """No subnet fits a budget and the caller asked to refuse rather than fall back."""
