@@ -390,16 +390,20 @@ def _to_rgb8(p: Path, im: Any) -> np.ndarray:
 
 
 def _integer_bits(im: Any) -> int:
+    """Value bits of an integer image: 16 for I;16, else the TIFF BitsPerSample (less the
+    sign bit of a signed SampleFormat), 16 for a PNG, 31 for Pillow's signed 32-bit "I"."""
     if im.mode.startswith("I;16"):
         return 16
-    bits = getattr(im, "tag_v2", {}).get(258)          # TIFF BitsPerSample
-    if isinstance(bits, tuple):
-        bits = bits[0] if bits else None
-    return int(bits) if bits else (16 if im.format == "PNG" else 32)
+    tags = getattr(im, "tag_v2", {})
+    bits, fmt = tags.get(258), tags.get(339)          # BitsPerSample, SampleFormat
+    bits, fmt = (v[0] if isinstance(v, tuple) and v else v for v in (bits, fmt))
+    if bits:
+        return int(bits) - (1 if fmt == 2 else 0)
+    return 16 if im.format == "PNG" else 31
 
 
 def _int_to_8bit(p: Path, a: np.ndarray, bits: int) -> np.ndarray:
-    top = float(2 ** min(bits, 32) - 1)
+    top = float(2 ** bits - 1)
     if a.size and int(a.min()) < 0:
         raise ExportUsageError(f"image {p} holds negative {bits}-bit samples; save it as an "
                                "8- or 16-bit unsigned image")

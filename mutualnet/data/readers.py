@@ -306,10 +306,14 @@ def _rgb_image(img: Any) -> Any:
                              "save it as an 8-bit image")
         top = 1.0
     else:
-        tag = getattr(img, "tag_v2", {}).get(258)       # TIFF BitsPerSample
-        tag = tag[0] if isinstance(tag, tuple) and tag else tag
-        bits = 16 if mode.startswith("I;16") else int(tag or (16 if img.format == "PNG" else 32))
-        top = 2.0 ** bits - 1
+        tags = getattr(img, "tag_v2", {})               # TIFF BitsPerSample, SampleFormat
+        bits, fmt = (v[0] if isinstance(v, tuple) and v else v
+                     for v in (tags.get(258), tags.get(339)))
+        if mode.startswith("I;16"):
+            bits, fmt = 16, 1
+        top = 2.0 ** (int(bits) - (fmt == 2) if bits else 16 if img.format == "PNG" else 31) - 1
+        if a.size and a.min() < 0:
+            raise UsageError(f"image {img.filename} holds negative samples; save it as 8-bit")
     gray = np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8)
     return Image.fromarray(gray).convert("RGB")
 
