@@ -217,8 +217,8 @@ def fast_backend() -> str:
     """"opencv+pillow" when the library path is used, else "numpy" (and why not, if known).
 
     The library path needs OpenCV whose ``warpAffine`` interpolates float images at float
-    coordinates (OpenCV >= 4.11; older releases round positions to 1/32 pixel, which this
-    self-check detects): ``pip install opencv-python-headless`` or ``mutualnet[fast]``."""
+    positions: OpenCV 5 (4.11, 4.12 and 4.14 round them to 1/32 pixel, 0.03 of the value
+    range off, which this self-check detects): ``pip install 'mutualnet[fast]'``."""
     cv2 = _import_cv2()
     if cv2 is None:
         return "numpy"
