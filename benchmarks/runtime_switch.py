@@ -245,12 +245,175 @@ print(json.dumps(rss() - base))
     return float(out.stdout.strip().splitlines()[-1])
 
 
+# ------------------------------------------------------------------ per-request overhead
+
+OVERHEAD_GRID = ((0.25, 128), (1.0, 224))
+PHOTO_PX = 224
+
+
+def _project_onnx(root: Path) -> dict[tuple[float, int], tuple[Path, int, int]]:
+    """MobileNet v1 subnets through the project's own path (create_model -> slice_subnet ->
+    export_onnx), random weights; {(w, r): (onnx path, MACs, params)}."""
+    import torch
+
+    from export.onnx_export import export_onnx
+    from export.slicing import slice_subnet
+    from mutualnet.flops import count
+    from mutualnet.models.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v1", num_classes=1000, width_range=(0.25, 1.0)).eval()
+    out = {}
+    for w, r in OVERHEAD_GRID:
+        path = root / "onnx" / f"w{w:.2f}-r{r}.onnx"
+        export_onnx(slice_subnet(model, w, r).module, r, path)
+        cost = count(model, w, r)
+        out[(w, r)] = (path, int(cost.macs), int(cost.params))
+    return out
+
+
+def _one_subnet_export(root: Path, onnx: Path, w: float, r: int, macs: int, params: int,
+                       pre: dict) -> Path:
+    from export.manifest import file_entry, subnet_id, write_manifest
+    from export.profiles import load_profile
+
+    sid = subnet_id(w, r)
+    dst = root / "subnets" / sid / "model.onnx"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.link(onnx, dst)
+    write_manifest(root, {
+        "schema_version": 1, "created": "2026-01-01T00:00:00Z", "generator": "benchmark",
+        "model": {"name": "mobilenet_v1", "num_classes": 1000,
+                  "classes": [f"class{i}" for i in range(1000)], "width_range": [0.25, 1.0],
+                  "model_kwargs": {}},
+        "source_checkpoint": {"file": "random-init", "sha256": "0" * 64},
+        "preprocessing": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                          "channel_order": "RGB", "input_scale": 255.0,
+                          "interpolation": "bilinear", "layout": "NCHW", **pre},
+        "profile": load_profile("cpu").to_dict(),
+        "selection": {"order": "macs", "policy": "most_accurate_within_budget"},
+        "subnets": [{
+            "id": sid, "width": w, "resolution": r, "macs": macs, "params": params,
+            "input": {"name": "input", "shape": ["N", 3, r, r], "dtype": "float32"},
+            "output": {"name": "logits", "shape": ["N", 1000], "dtype": "float32"},
+            "files": {"onnx": file_entry(root, dst)},
+            "accuracy": {}, "parity": {}, "engines": [], "latency": {}, "status": "ok"}]})
+    return root
+
+
+def _photo() -> np.ndarray:
+    """A 224 x 224 uint8 'photo' (smooth gradients and noise; content does not matter)."""
+    yy, xx = np.mgrid[0:PHOTO_PX, 0:PHOTO_PX] / PHOTO_PX
+    noise = np.random.default_rng(5).normal(0, 10, (PHOTO_PX, PHOTO_PX, 3))
+    img = np.stack([xx * 220, yy * 220, 120 + 100 * np.sin(9 * xx * yy)], axis=2) + noise
+    return img.clip(0, 255).astype(np.uint8)
+
+
+def _paired(root: Path, reps: int) -> dict[str, list[float]]:
+    """One runtime, one raw session on the same file: each repetition times the four
+    requests in a rotating order, so load drift hits all of them alike (ms)."""
+    import onnxruntime as ort
+
+    from export.preprocess import preprocess_reference
+    from export.runtime import SubnetRuntime
+
+    rt = SubnetRuntime.load(root, backend="onnxruntime", threads=1)
+    info = rt.subnets[0]
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
+    so.log_severity_level = 3
+    onnx = next((root / "subnets").glob("*/model.onnx"))
+    session = ort.InferenceSession(str(onnx), sess_options=so,
+                                   providers=["CPUExecutionProvider"])
+    photo = _photo()[None]
+    pre = rt.manifest.preprocessing
+    x = rt.preprocess(photo, info.resolution)
+    calls = {
+        "raw": lambda: session.run(None, {"input": x}),
+        "infer": lambda: rt.infer(photo),
+        "infer_tensor": lambda: rt.infer_tensor(x),
+        "numpy_infer": lambda: rt.infer_tensor(preprocess_reference(photo, pre,
+                                                                    info.resolution)),
+        "preprocess": lambda: rt.preprocess(photo, info.resolution),
+        "numpy_preprocess": lambda: preprocess_reference(photo, pre, info.resolution),
+    }
+    names = list(calls)
+    times: dict[str, list[float]] = {k: [] for k in names}
+    for k in range(reps + 5):
+        for j in range(len(names)):
+            name = names[(j + k) % len(names)]
+            t0 = time.perf_counter()
+            calls[name]()
+            if k >= 5:                                   # warm-up
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    rt.close()
+    return times
+
+
+def overhead_section(reps: int) -> str:
+    """``infer`` on a 224 px photo and ``infer_tensor`` vs a raw session.run (markdown)."""
+    from export.preprocess import fast_backend
+
+    configs = (("resize 256, crop 224 (MutualNet, ImageNet)", lambda r: {"resize": 256,
+                                                                        "crop": 224}),
+               ("stretch to r x r (imported TFLite)", lambda r: {"resize": r, "crop": r,
+                                                                  "resize_mode": "stretch"}))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        files = _project_onnx(Path(tmp))
+        for (w, r), (onnx, macs, params) in files.items():
+            for c, (label, pre) in enumerate(configs):
+                root = _one_subnet_export(Path(tmp) / f"{w}-{r}-{c}", onnx, w, r, macs,
+                                          params, pre(r))
+                t = _paired(root, reps if r < 200 else max(20, reps // 8))
+                rows.append(_overhead_row(f"w{w:.2f}-r{r}", label, t))
+                print(" | ".join(map(str, rows[-1])), flush=True)
+    return (f"Per-request overhead of the runtime, batch 1, one thread (ONNX Runtime CPU "
+            f"provider, `threads=1`, and OpenCV's own threads set to 1). MobileNet v1 "
+            f"subnets exported by the project (`create_model` -> `slice_subnet` -> "
+            f"`export_onnx`, random weights); input: one {PHOTO_PX} x {PHOTO_PX} uint8 "
+            "image. Each repetition times the six calls in a rotating order (paired), "
+            "medians in ms; ratios are medians over the raw `session.run` on the already "
+            "preprocessed tensor. `infer` uses export.preprocess with the "
+            f"{fast_backend()!r} backend; the numpy columns are the previous numpy "
+            "preprocessing (`preprocess_reference` + `infer_tensor`, what `infer` did "
+            "before). Goal (issue 13): `infer` at most 1.25x raw for 0.25-128, "
+            "`infer_tensor` at most 1.05x.\n\n"
+            + markdown_table(["subnet", "preprocessing", "raw run", "infer_tensor",
+                              "infer", "preprocess alone", "infer, numpy", "numpy "
+                              "preprocess alone", "infer_tensor / raw", "infer / raw",
+                              "infer (numpy) / raw", "reps"], rows))
+
+
+def _overhead_row(sid: str, label: str, t: dict[str, list[float]]) -> list[object]:
+    med = {k: float(np.median(v)) for k, v in t.items()}
+    raw = med["raw"]
+    return [sid, label, f"{raw:.3f}", f"{med['infer_tensor']:.3f}", f"{med['infer']:.3f}",
+            f"{med['preprocess']:.3f}", f"{med['numpy_infer']:.3f}",
+            f"{med['numpy_preprocess']:.3f}", f"{med['infer_tensor'] / raw:.2f}x",
+            f"{med['infer'] / raw:.2f}x", f"{med['numpy_infer'] / raw:.2f}x", len(t["raw"])]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=4.0, help="per latency phase")
     ap.add_argument("--rounds", type=int, default=30, help="switch-cost rounds per subnet")
     ap.add_argument("--no-write", action="store_true", help="print only, keep BENCHMARKS.md")
+    ap.add_argument("--overhead-only", action="store_true",
+                    help="only the per-request overhead section (infer vs raw session.run)")
+    ap.add_argument("--reps", type=int, default=400, help="paired repetitions, overhead")
     args = ap.parse_args()
+
+    body = overhead_section(args.reps)
+    command = "python benchmarks/runtime_switch.py --overhead-only" + (
+        f" --reps {args.reps}" if args.reps != 400 else "")
+    if args.no_write:
+        print(body)
+    else:
+        write_section("runtime_overhead", "Runtime: per-request overhead vs a raw ONNX Runtime "
+                      "run (CPU, batch 1, one thread)", body, command)
+    if args.overhead_only:
+        return
 
     from export.runtime import SubnetRuntime
 

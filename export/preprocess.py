@@ -10,13 +10,14 @@ Two implementations compute it, to float32 precision alike:
 - :func:`preprocess_reference`: numpy only. The three resampling steps of an axis are
   composed into one sparse linear map (a few taps per output pixel).
 - the library path (used by :func:`preprocess_images` when ``cv2`` imports and passes its
-  self-check): per channel plane, uint8 -> normalized float32 in one OpenCV pass; the first
-  resize by OpenCV when it only enlarges (its bilinear then equals the antialiased one) or by
-  Pillow's float (mode ``F``) resize with a source box (antialias, exact crop geometry);
-  the align-corners step by OpenCV's ``warpAffine`` straight into the output tensor, with
-  the crop offset folded into its matrix. Normalizing first is exact: every resampling
-  row sums to one. Library resizes of uint8 images are not used: they round to whole
-  grey levels, about 1e-2 after normalization, far over the parity tests' 2e-5.
+  self-check): the image as float32 H x W x 3; the first resize by OpenCV when it only
+  enlarges (its bilinear then equals the antialiased one), else by Pillow's float (mode
+  ``F``) resize of the crop's source box (antialias, exact crop geometry; OpenCV has no
+  antialiased bilinear); the align-corners step by OpenCV's ``warpAffine`` with the crop
+  offset folded into its matrix (Pillow's float affine transform computes the same, slower);
+  then mean/std into the NCHW output (exact: every resampling row sums to one). Library
+  resizes of uint8 images are not used: they round to whole grey levels, about 1e-2 after
+  normalization, far over the parity tests' 2e-5.
 
 :func:`read_image` decodes one file to uint8 RGB with a pixel cap checked from the header.
 """
@@ -79,8 +80,8 @@ class _Plan:
         mean = np.asarray(pre["mean"], dtype=np.float64)
         std = np.asarray(pre["std"], dtype=np.float64)
         # (v * scale - mean) / std = v * alpha + beta, per channel
-        self.alpha = (scale / std).tolist()
-        self.beta = (-mean / std).tolist()
+        self.alpha = (scale / std).astype(np.float32).reshape(3, 1, 1)
+        self.beta = (-mean / std).astype(np.float32).reshape(3, 1, 1)
         self.mean32 = mean.astype(np.float32).reshape(3, 1, 1)
         self.std32 = std.astype(np.float32).reshape(3, 1, 1)
         self.scale32 = np.float32(scale)
@@ -223,58 +224,54 @@ def fast_backend() -> str:
     if cv2 is None:
         return "numpy"
     cv2.setNumThreads(1)   # one request is small; threads belong to the model session
-    plane = np.random.default_rng(0).random((61, 61), dtype=np.float32)
-    ours = np.empty((37, 37), np.float32)
-    _align_corners(cv2, plane, 0, 0, 61, ours)
+    x = np.random.default_rng(0).random((61, 61, 3), dtype=np.float32)
+    ours = _align_corners(cv2, x, 0, 0, 61, 37)
     m = _align_corners_matrix(61, 37).astype(np.float64)
-    err = float(np.abs(ours - m @ plane.astype(np.float64) @ m.T).max())
+    err = float(np.abs(ours - np.einsum("ij,jkc,lk->ilc", m, x.astype(np.float64), m)).max())
     return "opencv+pillow" if err < 1e-5 else "numpy"
 
 
-def _align_corners(cv2: Any, plane: np.ndarray, top: int, left: int, crop: int,
-                   dst: np.ndarray) -> None:
-    """dst (r x r) = bilinear, align_corners=True, of plane[top:top+crop, left:left+crop]."""
-    r = dst.shape[0]
-    if crop == r:
-        dst[...] = plane[top:top + crop, left:left + crop]
-        return
-    s = (crop - 1) / (r - 1) if r > 1 else 0.0
+def _align_corners(cv2: Any, x: np.ndarray, top: int, left: int, crop: int,
+                   resolution: int) -> np.ndarray:
+    """Bilinear, align_corners=True, of x[top:top+crop, left:left+crop] to resolution^2
+    (the crop offset folded into the warp matrix: no crop copy)."""
+    if crop == resolution:
+        return x[top:top + crop, left:left + crop]
+    s = (crop - 1) / (resolution - 1) if resolution > 1 else 0.0
     matrix = np.array([[s, 0.0, float(left)], [0.0, s, float(top)]])
-    cv2.warpAffine(plane, matrix, (r, r), dst=dst,
-                   flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                   borderMode=cv2.BORDER_REPLICATE)
+    return cv2.warpAffine(x, matrix, (resolution, resolution),
+                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
 
 
-def _first_resize(cv2: Any, plane: np.ndarray, rh: int, rw: int, top: int, left: int,
+def _first_resize(cv2: Any, x: np.ndarray, rh: int, rw: int, top: int, left: int,
                   crop: int) -> tuple[np.ndarray, int, int]:
-    """The antialiased resize to rh x rw; returns (plane, top, left) of the crop in it."""
-    h, w = plane.shape
+    """The antialiased resize of float HWC ``x`` to rh x rw; returns (image, top, left) of
+    the crop in the result."""
+    h, w = x.shape[:2]
     if (rh, rw) == (h, w):
-        return plane, top, left
+        return x, top, left
     if rh >= h and rw >= w:  # enlarging: OpenCV's bilinear = the antialiased one
-        return cv2.resize(plane, (rw, rh), interpolation=cv2.INTER_LINEAR), top, left
+        return cv2.resize(x, (rw, rh), interpolation=cv2.INTER_LINEAR), top, left
     from PIL import Image
 
-    sy, sx = h / rh, w / rw    # Pillow resizes just the crop's source box
+    sy, sx = h / rh, w / rw    # Pillow (float mode, one plane at a time) resizes the box
     box = (left * sx, top * sy, min(w, (left + crop) * sx), min(h, (top + crop) * sy))
-    small = Image.fromarray(plane).resize((crop, crop), Image.Resampling.BILINEAR, box=box)
-    return np.asarray(small), 0, 0
+    planes = [np.asarray(Image.fromarray(np.ascontiguousarray(x[:, :, c])).resize(
+        (crop, crop), Image.Resampling.BILINEAR, box=box)) for c in range(3)]
+    return np.stack(planes, axis=2), 0, 0
 
 
 def _library_one(cv2: Any, a: np.ndarray, plan: _Plan, resolution: int,
                  dst: np.ndarray) -> None:
-    """One image into ``dst`` (3, r, r)."""
+    """One image into ``dst`` (3, r, r): resample in float32 HWC, normalize at the end."""
     h, w = a.shape[:2]
     rh, rw, top, left = _crop_geometry(h, w, plan.resize, plan.crop, plan.mode)
-    if a.dtype != np.uint8 and a.dtype != np.float32:
-        a = a.astype(np.float32)
-    planes = cv2.split(np.ascontiguousarray(a))
-    for c in range(3):
-        # one pass: uint8 -> float32 normalized (exact: the resampling rows sum to one)
-        x = cv2.addWeighted(planes[c], plan.alpha[c], planes[c], 0.0, plan.beta[c],
-                            dtype=cv2.CV_32F)
-        x, t, lft = _first_resize(cv2, x, rh, rw, top, left, plan.crop)
-        _align_corners(cv2, x, t, lft, plan.crop, dst[c])
+    x = a.astype(np.float32)
+    x, top, left = _first_resize(cv2, x, rh, rw, top, left, plan.crop)
+    y = _align_corners(cv2, x, top, left, plan.crop, resolution)
+    np.multiply(y.transpose(2, 0, 1), plan.alpha, out=dst)
+    dst += plan.beta
 
 
 def preprocess_images(images: np.ndarray | Sequence[np.ndarray], pre: dict[str, Any],
