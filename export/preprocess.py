@@ -65,8 +65,24 @@ def _crop_geometry(h: int, w: int, resize: int | None, crop: int,
     return h, w, int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0))
 
 
+def _plan(pre: dict[str, Any]) -> _Plan:
+    """The parsed ``preprocessing`` (cached: a request should not re-parse the manifest)."""
+    key = (pre.get("crop"), pre.get("resize"), pre.get("resize_mode"), pre.get("input_scale"),
+           tuple(pre.get("mean") or ()), tuple(pre.get("std") or ()), pre.get("channel_order"))
+    try:
+        return _cached_plan(key)
+    except TypeError:           # an unhashable value: parse it once more, uncached
+        return _Plan(pre)
+
+
+@lru_cache(maxsize=32)
+def _cached_plan(key: tuple[Any, ...]) -> _Plan:
+    names = ("crop", "resize", "resize_mode", "input_scale", "mean", "std", "channel_order")
+    return _Plan(dict(zip(names, key, strict=True)))
+
+
 class _Plan:
-    """What one manifest's ``preprocessing`` asks for, parsed once per call."""
+    """What one manifest's ``preprocessing`` asks for."""
 
     def __init__(self, pre: dict[str, Any]) -> None:
         self.crop = int(pre["crop"])
@@ -195,7 +211,7 @@ def preprocess_reference(images: np.ndarray | Sequence[np.ndarray], pre: dict[st
                          resolution: int) -> np.ndarray:
     """:func:`preprocess_images` in numpy alone (the reference the library path is tested
     against, and the fallback without OpenCV)."""
-    plan = _Plan(pre)
+    plan = _plan(pre)
     batch = _batch(images)
     out = np.empty((len(batch), 3, resolution, resolution), dtype=np.float32)
     for i, img in enumerate(batch):
@@ -289,7 +305,7 @@ def preprocess_images(images: np.ndarray | Sequence[np.ndarray], pre: dict[str, 
     if fast_backend() == "numpy":
         return preprocess_reference(images, pre, resolution)
     cv2 = _import_cv2()
-    plan = _Plan(pre)
+    plan = _plan(pre)
     batch = _batch(images)
     out = np.empty((len(batch), 3, resolution, resolution), dtype=np.float32)
     for i, img in enumerate(batch):
