@@ -420,6 +420,12 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=400, help="paired repetitions, overhead")
     args = ap.parse_args()
 
+    _overhead(args)
+    if not args.overhead_only:
+        _switch(args)
+
+
+def _overhead(args: argparse.Namespace) -> None:
     body = overhead_section(args.reps)
     command = "python benchmarks/runtime_switch.py --overhead-only" + (
         f" --reps {args.reps}" if args.reps != 400 else "")
@@ -428,12 +434,12 @@ def main() -> None:
     else:
         write_section("runtime_overhead", "Runtime: per-request overhead vs a raw ONNX Runtime "
                       "run (CPU, batch 1, one thread)", body, command)
-    if args.overhead_only:
-        return
 
+
+def _measure_switch(args: argparse.Namespace) -> tuple:
+    """Switch cost, quiet vs storm latency and memory of the 4-subnet grid."""
     from export.runtime import SubnetRuntime
 
-    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         root = make_export(Path(tmp) / "mobilenet_v1")
         rt = SubnetRuntime.load(root, backend="onnxruntime", threads=1)
@@ -446,7 +452,12 @@ def main() -> None:
         rt.close()
         mem_all = rss_mb(root, None)
         mem_big = rss_mb(root, infos[-1].id)
+    return sc, quiet, storm, infos, mem_all, mem_big
 
+
+def _switch(args: argparse.Namespace) -> None:
+    load_before = os.getloadavg()[0]
+    sc, quiet, storm, infos, mem_all, mem_big = _measure_switch(args)
     sel = sc["select"]
     rows1 = [["`select()` call (pointer swap)", "-", f"{_pct(sel, 50) * 1e3:.1f} us",
               f"{_pct(sel, 99) * 1e3:.1f} us", "-"]]
