@@ -231,7 +231,7 @@ def _import_cv2() -> Any:
 
 @lru_cache(maxsize=1)
 def fast_backend() -> str:
-    """"opencv+pillow" when the library path is used, else "numpy" (and why not, if known).
+    """"opencv+pillow" when the library path is used, else "numpy" (checked once).
 
     The library path needs OpenCV whose ``warpAffine`` interpolates float images at float
     positions: OpenCV 5 (4.11, 4.12 and 4.14 round them to 1/32 pixel, 0.03 of the value
