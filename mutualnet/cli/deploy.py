@@ -136,22 +136,10 @@ def profile_cmd(manifest: Path, backend: str, device: str | None, duration: floa
     click.echo(f"latencies written to {Path(manifest)}")
 
 
-def _read_image(path: Path) -> np.ndarray:
-    from export.errors import BackendUnavailableError, ExportUsageError
+def _read_image(path: Path, max_pixels: int | None = None) -> np.ndarray:
+    from export.preprocess import DEFAULT_MAX_PIXELS, read_image
 
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError as e:
-        raise BackendUnavailableError("reading images needs Pillow: `pip install pillow`") from e
-    import numpy as np
-
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except FileNotFoundError as e:
-        raise ExportUsageError(f"image {path} does not exist") from e
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
-        raise ExportUsageError(f"{path} is not an image Pillow can read ({e})") from e
+    return read_image(path, max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels)
 
 
 def _read_labels(path: Path) -> list[str]:
@@ -184,10 +172,13 @@ def _read_labels(path: Path) -> list[str]:
 @click.option("--top", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--backend", type=BACKEND, default="auto", show_default=True)
 @click.option("--device", default=None, help="cpu, cuda or cuda:N.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+              help="Refuse images over this many pixels (width x height), checked before "
+                   "decoding [default: 50,000,000].")
 @ON_STALE
 def run_cmd(manifest: Path, images: tuple[Path, ...], budget_mflops: float | None,
             latency_ms: float | None, subnet: str | None, labels: Path | None, top: int,
-            backend: str, device: str | None, on_stale: str) -> None:
+            backend: str, device: str | None, max_pixels: int | None, on_stale: str) -> None:
     """Classify IMAGES with the subnet that fits the budget and print their labels."""
     from export.errors import ExportUsageError
     from export.runtime import SubnetRuntime
@@ -195,7 +186,7 @@ def run_cmd(manifest: Path, images: tuple[Path, ...], budget_mflops: float | Non
     if sum(v is not None for v in (budget_mflops, latency_ms, subnet)) > 1:
         raise ExportUsageError("give at most one of --budget-mflops, --latency-ms, --subnet")
     names = _read_labels(labels) if labels is not None else None
-    pictures = [_read_image(p) for p in images]
+    pictures = [_read_image(p, max_pixels) for p in images]
     with _warnings_to_stderr():
         rt = SubnetRuntime.load(manifest, backend=backend, device=device, on_stale=on_stale)
         if subnet is not None:

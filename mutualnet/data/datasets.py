@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
-from .readers import FolderSplit, RawSplit
+from .readers import FolderSplit, RawSplit, read_image_file
 from .spec import CIFAR_PAD, COLOR_JITTER, RRC_RATIO, RRC_SCALE, DataSpec, Stats
 from .transforms import (
     color_jitter,
@@ -321,13 +321,7 @@ def folder_loader(split: FolderSplit) -> Callable[[int], Any]:
     files = split.files
 
     def load(i: int) -> Any:
-        from PIL import Image
-
-        try:
-            with Image.open(files[i]) as img:
-                return img.convert("RGB")
-        except OSError as e:
-            raise UsageError(f"cannot read image {files[i]}: {e}; remove or replace it") from e
+        return read_image_file(files[i])
 
     return load
 

@@ -265,6 +265,58 @@ def read_cifar(root: Path, dataset: str, split: str) -> RawSplit:
 
 # --------------------------------------------------------------------------- ImageFolder
 
+#: Decoded-pixel cap per image file, checked from the header (= export.preprocess's default).
+MAX_PIXELS = 50_000_000
+
+
+def read_image_file(path: Path, max_pixels: int = MAX_PIXELS) -> Any:
+    """One image file as an RGB PIL image, by the rules of ``export.preprocess.read_image``
+    (which the training side may not import; keep the two in step): pixel cap from the
+    header before decoding, 16/32-bit integer images scaled by their bit depth, float
+    images (0..1) by 255, other modes converted; every problem is one UsageError line."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise UsageError(f"image {path} is {w} x {h} = {w * h:,} pixels, over the "
+                                     f"limit of {max_pixels:,}; shrink or remove it")
+                img.load()
+                return _rgb_image(img)
+    except UsageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - Pillow raises many types on bad files
+        why = " ".join(str(e).split()) or type(e).__name__
+        raise UsageError(f"cannot read image {path}: {why}; remove or replace it") from e
+
+
+def _rgb_image(img: Any) -> Any:
+    from PIL import Image
+
+    mode = img.mode
+    if mode != "F" and not mode.startswith("I"):
+        return img.convert("RGB")
+    a = np.asarray(img).astype(np.float64)
+    if mode == "F":
+        if not np.isfinite(a).all() or (a.size and (a.min() < 0 or a.max() > 1)):
+            raise UsageError(f"float image {img.filename} has samples outside 0..1; "
+                             "save it as an 8-bit image")
+        top = 1.0
+    else:
+        tags = getattr(img, "tag_v2", {})               # TIFF BitsPerSample, SampleFormat
+        bits, fmt = (v[0] if isinstance(v, tuple) and v else v
+                     for v in (tags.get(258), tags.get(339)))
+        if mode.startswith("I;16"):
+            bits, fmt = 16, 1
+        top = 2.0 ** (int(bits) - (fmt == 2) if bits else 16 if img.format == "PNG" else 31) - 1
+        if a.size and a.min() < 0:
+            raise UsageError(f"image {img.filename} holds negative samples; save it as 8-bit")
+    gray = np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray).convert("RGB")
+
 
 @dataclass(frozen=True)
 class FolderSplit:

@@ -1,0 +1,435 @@
+"""All preprocessing of the device side: decoding image files and the evaluation transform.
+
+Torch-free (numpy + Pillow, OpenCV when installed). The transform is the one the supernet
+was evaluated with (``mutualnet.data.transforms``): shorter side -> ``resize`` (bilinear
+with antialias; ``resize_mode: stretch``: the whole image to ``resize`` x ``resize``), center
+``crop``, mean/std, then bilinear with ``align_corners=True`` to the subnet's resolution.
+
+Two implementations compute it, to float32 precision alike:
+
+- :func:`preprocess_reference`: numpy only. The three resampling steps of an axis are
+  composed into one sparse linear map (a few taps per output pixel).
+- the library path (used by :func:`preprocess_images` when ``cv2`` imports and passes its
+  self-check): the image as float32 H x W x 3; the first resize by OpenCV when it only
+  enlarges (its bilinear then equals the antialiased one), else by Pillow's float (mode
+  ``F``) resize of the crop's source box (antialias, exact crop geometry; OpenCV has no
+  antialiased bilinear); the align-corners step by OpenCV's ``warpAffine`` with the crop
+  offset folded into its matrix (Pillow's float affine transform computes the same, slower);
+  then mean/std into the NCHW output (exact: every resampling row sums to one). Library
+  resizes of uint8 images are not used: they round to whole grey levels, about 1e-2 after
+  normalization, far over the parity tests' 2e-5.
+
+:func:`read_image` decodes one file to uint8 RGB with a pixel cap checked from the header.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import warnings
+import zlib
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import BackendUnavailableError, ExportError, ExportUsageError
+
+__all__ = ["DEFAULT_MAX_PIXELS", "RESIZE_MODES", "fast_backend", "preprocess_images",
+           "preprocess_reference", "read_image"]
+
+RESIZE_MODES = ("shorter_side", "stretch")
+#: Decoded-pixel cap of :func:`read_image` (width x height), checked before decoding.
+DEFAULT_MAX_PIXELS = 50_000_000
+
+
+# ============================================================================ geometry
+
+def _crop_geometry(h: int, w: int, resize: int | None, crop: int,
+                   mode: str = "shorter_side") -> tuple[int, int, int, int]:
+    """(resized h, resized w, top, left) of the evaluation transform for an h x w image.
+
+    Mirrors the training side: shorter side -> ``resize`` (antialiased bilinear), then a
+    center ``crop``; with ``resize`` None an image is only resized when smaller than ``crop``.
+    ``mode`` "stretch": both sides -> ``resize`` (None: ``crop``), aspect ratio not kept.
+    """
+    if mode == "stretch":
+        h = w = crop if resize is None else resize
+    else:
+        if resize is None and min(h, w) < crop:
+            resize = crop
+        if resize is not None and min(h, w) != resize:
+            h, w = (resize, int(resize * w / h)) if h <= w else (int(resize * h / w), resize)
+    return h, w, int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0))
+
+
+def _plan(pre: dict[str, Any]) -> _Plan:
+    """The parsed ``preprocessing`` (cached: a request should not re-parse the manifest)."""
+    key = (pre.get("crop"), pre.get("resize"), pre.get("resize_mode"), pre.get("input_scale"),
+           tuple(pre.get("mean") or ()), tuple(pre.get("std") or ()), pre.get("channel_order"))
+    try:
+        return _cached_plan(key)
+    except TypeError:           # an unhashable value: parse it once more, uncached
+        return _Plan(pre)
+
+
+@lru_cache(maxsize=32)
+def _cached_plan(key: tuple[Any, ...]) -> _Plan:
+    names = ("crop", "resize", "resize_mode", "input_scale", "mean", "std", "channel_order")
+    return _Plan(dict(zip(names, key, strict=True)))
+
+
+class _Plan:
+    """What one manifest's ``preprocessing`` asks for."""
+
+    def __init__(self, pre: dict[str, Any]) -> None:
+        self.crop = int(pre["crop"])
+        self.resize: int | None = None if pre.get("resize") is None else int(pre["resize"])
+        self.mode = pre.get("resize_mode") or "shorter_side"
+        if self.mode not in RESIZE_MODES:
+            raise ExportUsageError(f"unknown preprocessing resize_mode {self.mode!r}; known: "
+                                   f"{', '.join(RESIZE_MODES)} (the manifest is newer than "
+                                   "this runtime: update mutualnet)")
+        scale = 1.0 / float(pre["input_scale"])
+        mean = np.asarray(pre["mean"], dtype=np.float64)
+        std = np.asarray(pre["std"], dtype=np.float64)
+        # (v * scale - mean) / std = v * alpha + beta, per channel
+        self.alpha = (scale / std).astype(np.float32).reshape(3, 1, 1)
+        self.beta = (-mean / std).astype(np.float32).reshape(3, 1, 1)
+        self.mean32 = mean.astype(np.float32).reshape(3, 1, 1)
+        self.std32 = std.astype(np.float32).reshape(3, 1, 1)
+        self.scale32 = np.float32(scale)
+        self.bgr = pre.get("channel_order") == "BGR"
+
+
+def _batch(images: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+    if isinstance(images, np.ndarray):
+        batch = list(images) if images.ndim == 4 else [images]
+    else:
+        batch = list(images)
+    if not batch:
+        raise ExportUsageError("no images to classify")
+    return batch
+
+
+def _as_rgb(img: np.ndarray, i: int, bgr: bool) -> np.ndarray:
+    """H x W x 3 view of image ``i`` (grayscale repeated, a fourth channel dropped)."""
+    a = np.asarray(img)
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    if a.ndim != 3 or a.shape[2] not in (3, 4) or min(a.shape[:2]) < 1:
+        raise ExportUsageError(f"image {i} has shape {a.shape}; expected H x W x 3 (RGB)")
+    a = a[:, :, :3]
+    return a[:, :, ::-1] if bgr else a
+
+
+# ============================================================================ reference (numpy)
+
+@lru_cache(maxsize=256)
+def _antialias_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) weights of a bilinear resize with antialias (half-pixel centres)."""
+    scale = n_in / n_out
+    support = max(scale, 1.0)
+    m = np.zeros((n_out, n_in), dtype=np.float64)
+    for i in range(n_out):
+        center = scale * (i + 0.5)
+        lo = max(int(center - support + 0.5), 0)
+        hi = min(int(center + support + 0.5), n_in)
+        j = np.arange(lo, hi)
+        w = np.maximum(0.0, 1.0 - np.abs((j - center + 0.5) / support))
+        total = w.sum()
+        if total > 0:
+            m[i, lo:hi] = w / total
+        else:  # pragma: no cover - degenerate
+            m[i, min(int(center), n_in - 1)] = 1.0
+    return m.astype(np.float32)
+
+
+@lru_cache(maxsize=256)
+def _align_corners_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) weights of a bilinear resize with ``align_corners=True``, no antialias."""
+    m = np.zeros((n_out, n_in), dtype=np.float64)
+    if n_out == 1 or n_in == 1:
+        m[:, 0] = 1.0
+        return m.astype(np.float32)
+    src = np.arange(n_out) * (n_in - 1) / (n_out - 1)
+    lo = np.clip(np.floor(src).astype(int), 0, n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = src - lo
+    rows = np.arange(n_out)
+    np.add.at(m, (rows, lo), 1.0 - frac)
+    np.add.at(m, (rows, hi), frac)
+    return m.astype(np.float32)
+
+
+@lru_cache(maxsize=64)
+def _axis_taps(n_in: int, n_resized: int, start: int, crop: int,
+               resolution: int) -> tuple[np.ndarray, np.ndarray]:
+    """One axis of resize -> crop -> resize to ``resolution``, composed into one linear map
+    and stored sparsely: (resolution, K) source indices and weights, K = most taps per
+    output. Every step is linear with rows summing to one, so the map also commutes with the
+    per-channel normalization, which is applied at the small size."""
+    m = np.eye(n_in, dtype=np.float64) if n_resized == n_in else \
+        _antialias_matrix(n_in, n_resized).astype(np.float64)
+    m = m[start:start + crop]
+    if crop != resolution:
+        m = _align_corners_matrix(crop, resolution).astype(np.float64) @ m
+    k = max(1, int((np.abs(m) > 0).sum(axis=1).max()))
+    idx = np.zeros((resolution, k), dtype=np.intp)
+    wts = np.zeros((resolution, k), dtype=np.float32)
+    for row in range(resolution):
+        nz = np.flatnonzero(m[row])
+        idx[row, :len(nz)], wts[row, :len(nz)] = nz, m[row, nz]
+    return idx, wts
+
+
+def _apply_taps(x: np.ndarray, idx: np.ndarray, wts: np.ndarray, axis: int) -> np.ndarray:
+    """Resample ``x`` along ``axis`` (0 or 1) with sparse taps."""
+    acc: np.ndarray | None = None
+    for k in range(idx.shape[1]):
+        if axis == 0:
+            term = wts[:, k, None, None] * x[idx[:, k]]
+        else:
+            term = wts[None, :, k, None] * x[:, idx[:, k]]
+        acc = term if acc is None else acc + term
+    assert acc is not None
+    return acc
+
+
+def _reference_one(a: np.ndarray, plan: _Plan, resolution: int) -> np.ndarray:
+    h, w = a.shape[:2]
+    rh, rw, top, left = _crop_geometry(h, w, plan.resize, plan.crop, plan.mode)
+    x = a.astype(np.float32)
+    x = _apply_taps(x, *_axis_taps(h, rh, top, plan.crop, resolution), axis=0)    # (r, w, 3)
+    x = _apply_taps(x, *_axis_taps(w, rw, left, plan.crop, resolution), axis=1)   # (r, r, 3)
+    return (x.transpose(2, 0, 1) * plan.scale32 - plan.mean32) / plan.std32
+
+
+def preprocess_reference(images: np.ndarray | Sequence[np.ndarray], pre: dict[str, Any],
+                         resolution: int) -> np.ndarray:
+    """:func:`preprocess_images` in numpy alone (the reference the library path is tested
+    against, and the fallback without OpenCV)."""
+    plan = _plan(pre)
+    batch = _batch(images)
+    out = np.empty((len(batch), 3, resolution, resolution), dtype=np.float32)
+    for i, img in enumerate(batch):
+        out[i] = _reference_one(_as_rgb(img, i, plan.bgr), plan, resolution)
+    return out
+
+
+# ============================================================================ library path
+
+def _import_cv2() -> Any:
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2
+
+
+@lru_cache(maxsize=1)
+def fast_backend() -> str:
+    """"opencv+pillow" when the library path is used, else "numpy" (checked once).
+
+    The library path needs OpenCV whose ``warpAffine`` interpolates float images at float
+    positions: OpenCV 5 (4.11, 4.12 and 4.14 round them to 1/32 pixel, 0.03 of the value
+    range off, which this self-check detects): ``pip install 'mutualnet[fast]'``."""
+    cv2 = _import_cv2()
+    if cv2 is None:
+        return "numpy"
+    cv2.setNumThreads(1)   # one request is small; threads belong to the model session
+    x = np.random.default_rng(0).random((61, 61, 3), dtype=np.float32)
+    ours = _align_corners(cv2, x, 0, 0, 61, 37)
+    m = _align_corners_matrix(61, 37).astype(np.float64)
+    err = float(np.abs(ours - np.einsum("ij,jkc,lk->ilc", m, x.astype(np.float64), m)).max())
+    return "opencv+pillow" if err < 1e-5 else "numpy"
+
+
+def _align_corners(cv2: Any, x: np.ndarray, top: int, left: int, crop: int,
+                   resolution: int) -> np.ndarray:
+    """Bilinear, align_corners=True, of x[top:top+crop, left:left+crop] to resolution^2
+    (the crop offset folded into the warp matrix: no crop copy)."""
+    if crop == resolution:
+        return x[top:top + crop, left:left + crop]
+    s = (crop - 1) / (resolution - 1) if resolution > 1 else 0.0
+    matrix = np.array([[s, 0.0, float(left)], [0.0, s, float(top)]])
+    return cv2.warpAffine(x, matrix, (resolution, resolution),
+                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
+def _first_resize(cv2: Any, x: np.ndarray, rh: int, rw: int, top: int, left: int,
+                  crop: int) -> tuple[np.ndarray, int, int]:
+    """The antialiased resize of float HWC ``x`` to rh x rw; returns (image, top, left) of
+    the crop in the result."""
+    h, w = x.shape[:2]
+    if (rh, rw) == (h, w):
+        return x, top, left
+    if rh >= h and rw >= w:  # enlarging: OpenCV's bilinear = the antialiased one
+        return cv2.resize(x, (rw, rh), interpolation=cv2.INTER_LINEAR), top, left
+    from PIL import Image
+
+    sy, sx = h / rh, w / rw    # Pillow (float mode, one plane at a time) resizes the box
+    box = (left * sx, top * sy, min(w, (left + crop) * sx), min(h, (top + crop) * sy))
+    planes = [np.asarray(Image.fromarray(np.ascontiguousarray(x[:, :, c])).resize(
+        (crop, crop), Image.Resampling.BILINEAR, box=box)) for c in range(3)]
+    return np.stack(planes, axis=2), 0, 0
+
+
+def _library_one(cv2: Any, a: np.ndarray, plan: _Plan, resolution: int,
+                 dst: np.ndarray) -> None:
+    """One image into ``dst`` (3, r, r): resample in float32 HWC, normalize at the end."""
+    h, w = a.shape[:2]
+    rh, rw, top, left = _crop_geometry(h, w, plan.resize, plan.crop, plan.mode)
+    x = a.astype(np.float32)
+    x, top, left = _first_resize(cv2, x, rh, rw, top, left, plan.crop)
+    y = _align_corners(cv2, x, top, left, plan.crop, resolution)
+    np.multiply(y.transpose(2, 0, 1), plan.alpha, out=dst)
+    dst += plan.beta
+
+
+def preprocess_images(images: np.ndarray | Sequence[np.ndarray], pre: dict[str, Any],
+                      resolution: int) -> np.ndarray:
+    """uint8 HWC images (a NHWC array or a list of any sizes) -> float32 NCHW at ``resolution``.
+
+    Per the manifest's ``preprocessing``: scale by ``input_scale``, resize the shorter side to
+    ``resize`` (``resize_mode`` "stretch": both sides, aspect ratio not kept; absent:
+    "shorter_side") and center-crop ``crop`` (the evaluation transform), normalize with mean/std,
+    resize to the subnet's resolution (bilinear, align_corners=True, as the supernet was
+    evaluated). Images are RGB (grayscale H x W is repeated, a fourth channel dropped); a
+    ``BGR`` manifest gets its channels swapped. OpenCV + Pillow when available
+    (:func:`fast_backend`), else numpy; both agree to float32 precision.
+    """
+    if fast_backend() == "numpy":
+        return preprocess_reference(images, pre, resolution)
+    cv2 = _import_cv2()
+    plan = _plan(pre)
+    batch = _batch(images)
+    out = np.empty((len(batch), 3, resolution, resolution), dtype=np.float32)
+    for i, img in enumerate(batch):
+        _library_one(cv2, _as_rgb(img, i, plan.bgr), plan, resolution, out[i])
+    return out
+
+
+# ============================================================================ decoding
+
+# what Pillow raises on files it cannot parse or decode (truncated, corrupt, not images)
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error,
+                  IndexError, TypeError)
+
+
+def read_image(path: str | os.PathLike[str], *,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode one image file to uint8 RGB H x W x 3.
+
+    Grayscale, palette, LA/RGBA (alpha dropped), CMYK and YCbCr are converted; 16-bit and
+    32-bit integer images are scaled by their bit depth, float images (0..1) by 255.
+    ``max_pixels`` (width x height) is checked from the header, before anything is decoded.
+    Every problem (missing, a directory, empty, not an image, truncated or corrupt, too
+    large, a float image outside 0..1) is an :class:`ExportUsageError` of one line.
+    """
+    try:
+        from PIL import Image
+    except ImportError as e:  # pragma: no cover - Pillow is a dependency
+        raise BackendUnavailableError("reading images needs Pillow: `pip install pillow`") from e
+    if not isinstance(max_pixels, int) or max_pixels < 1:
+        raise ExportUsageError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    p = Path(path)
+    _check_file(p)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # DecompressionBombWarning, palette transparency
+        try:
+            with Image.open(p) as im:
+                _check_pixels(p, im.size, max_pixels)
+                im.load()
+                return _to_rgb8(p, im)
+        except ExportError:
+            raise
+        except Image.DecompressionBombError as e:
+            raise ExportUsageError(f"{p}: {e}; pass a smaller image") from e
+        except _DECODE_ERRORS as e:
+            raise ExportUsageError(_decode_message(p, e)) from e
+
+
+def _check_file(p: Path) -> None:
+    try:
+        st = p.stat()
+    except FileNotFoundError as e:
+        raise ExportUsageError(f"image {p} does not exist") from e
+    except OSError as e:
+        raise ExportUsageError(f"cannot read image {p}: {e.strerror or e}") from e
+    if p.is_dir():
+        raise ExportUsageError(f"{p} is a directory; pass image files")
+    if st.st_size == 0:
+        raise ExportUsageError(f"image {p} is an empty file")
+
+
+def _check_pixels(p: Path, size: tuple[int, int], max_pixels: int) -> None:
+    w, h = size
+    if w < 1 or h < 1:
+        raise ExportUsageError(f"image {p} is {w} x {h} pixels; it holds no pixels")
+    if w * h > max_pixels:
+        raise ExportUsageError(f"image {p} is {w} x {h} = {w * h:,} pixels, over the limit of "
+                               f"{max_pixels:,}; shrink it or raise the limit (--max-pixels)")
+
+
+def _decode_message(p: Path, e: BaseException) -> str:
+    from PIL import UnidentifiedImageError
+
+    if isinstance(e, UnidentifiedImageError):
+        return f"{p} is not an image file Pillow can read (no known format in its header)"
+    if isinstance(e, PermissionError):
+        return f"cannot read image {p}: permission denied"
+    reason = " ".join(str(e).split()) or type(e).__name__
+    return f"cannot decode image {p}: {reason}; the file is truncated or corrupt, replace it"
+
+
+def _to_rgb8(p: Path, im: Any) -> np.ndarray:
+    """uint8 RGB of a loaded Pillow image; high-bit-depth modes scaled, not clipped."""
+    mode = im.mode
+    if mode == "F":
+        a = _float_to_8bit(p, np.asarray(im, dtype=np.float32))
+    elif mode.startswith("I"):
+        a = _int_to_8bit(p, np.asarray(im), _integer_bits(im))
+    else:
+        try:
+            return np.asarray(im.convert("RGB"))
+        except ValueError as e:
+            raise ExportUsageError(f"image {p} has pixel mode {mode}, which has no conversion "
+                                   "to RGB; save it as an RGB or grayscale image") from e
+    return np.ascontiguousarray(np.repeat(a[:, :, None], 3, axis=2))
+
+
+def _integer_bits(im: Any) -> int:
+    """Value bits of an integer image: 16 for I;16, else the TIFF BitsPerSample (less the
+    sign bit of a signed SampleFormat), 16 for a PNG, 31 for Pillow's signed 32-bit "I"."""
+    if im.mode.startswith("I;16"):
+        return 16
+    tags = getattr(im, "tag_v2", {})
+    bits, fmt = tags.get(258), tags.get(339)          # BitsPerSample, SampleFormat
+    bits, fmt = (v[0] if isinstance(v, tuple) and v else v for v in (bits, fmt))
+    if bits:
+        return int(bits) - (1 if fmt == 2 else 0)
+    return 16 if im.format == "PNG" else 31
+
+
+def _int_to_8bit(p: Path, a: np.ndarray, bits: int) -> np.ndarray:
+    top = float(2 ** bits - 1)
+    if a.size and int(a.min()) < 0:
+        raise ExportUsageError(f"image {p} holds negative {bits}-bit samples; save it as an "
+                               "8- or 16-bit unsigned image")
+    return np.clip(np.rint(a.astype(np.float64) * (255.0 / top)), 0, 255).astype(np.uint8)
+
+
+def _float_to_8bit(p: Path, a: np.ndarray) -> np.ndarray:
+    if not np.isfinite(a).all():
+        raise ExportUsageError(f"float image {p} holds NaN or infinite samples; save it as an "
+                               "8-bit image")
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if lo < 0.0 or hi > 1.0:
+        raise ExportUsageError(f"float image {p} has samples in {lo:g}..{hi:g}, outside 0..1 "
+                               "(the range a float image's bit depth means); save it as an "
+                               "8-bit image or scale it to 0..1")
+    return np.rint(a * 255.0).astype(np.uint8)
