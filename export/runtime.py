@@ -441,6 +441,8 @@ class SubnetRuntime:
         self._state = state
         self._trt = trt_shared
         self._fail_lock = threading.Lock()
+        # preprocess_images takes the manifest's mapping (same keys as on disk)
+        self._pre: dict[str, Any] = manifest.preprocessing.as_dict()
         for sid, slot in state.slots.items():
             lat = _latency_for(manifest.subnet(sid), device_name, backend)
             slot.info = replace(slot.info, latency_ms=lat)
@@ -562,13 +564,6 @@ class SubnetRuntime:
     def preprocess(self, images: np.ndarray | Sequence[np.ndarray],
                    resolution: int) -> np.ndarray:
         return preprocess_images(images, self._pre, resolution)
-
-    @property
-    def _pre(self) -> dict[str, Any]:
-        pre = self.__dict__.get("_pre_dict")
-        if pre is None:
-            pre = self.__dict__["_pre_dict"] = self.manifest.preprocessing.as_dict()
-        return pre
 
     def infer(self, images: np.ndarray | Sequence[np.ndarray], *,
               subnet: str | None = None) -> InferResult:

@@ -45,7 +45,15 @@ from .backends.tensorrt import (
     write_build_script,
 )
 from .errors import BackendUnavailableError, ExportError, ExportUsageError
-from .manifest import Manifest, SubnetEntry, file_entry, load_manifest, update_manifest, utc_now
+from .manifest import (
+    EngineRecord,
+    Manifest,
+    SubnetEntry,
+    file_entry,
+    load_manifest,
+    update_manifest,
+    utc_now,
+)
 from .parity import ParityGate, ParityResult, compare
 from .parity_images import ParityImages, as_parity_images, stored_parity_images
 from .profiles import DeployProfile, load_profile, profile_from_dict
@@ -213,10 +221,9 @@ def _parity_inputs(manifest: Manifest, data: ParityImages, resolution: int) -> n
     return preprocess_images(data.images, pre, resolution)
 
 
-def engine_runner(manifest: Manifest, sn: SubnetEntry, record: dict[str, Any]) -> Runner:
+def engine_runner(manifest: Manifest, sn: SubnetEntry, record: EngineRecord) -> Runner:
     """The engine ``record`` of subnet ``sn`` as a runner (on its DLA core, if any)."""
-    return make_runner("tensorrt", manifest.file(record["path"]),
-                       dla_core=record.get("dla_core"))
+    return make_runner("tensorrt", manifest.file(record.file), dla_core=record.dla_core)
 
 
 def _run_parity(manifest: Manifest, profile: DeployProfile, report: BuildReport,
@@ -227,7 +234,7 @@ def _run_parity(manifest: Manifest, profile: DeployProfile, report: BuildReport,
             continue
         x = _parity_inputs(manifest, data, sn.resolution)
         reference = make_runner("onnxruntime", manifest.file(sn.onnx), threads=None)
-        engine = engine_runner(manifest, sn, record)
+        engine = engine_runner(manifest, sn, EngineRecord.parse(record))
         try:
             report.parity[sn.id] = engine_parity(reference.run(x), engine.run(x), data.labels,
                                                  profile, sn.id)

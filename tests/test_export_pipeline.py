@@ -356,3 +356,16 @@ def test_folded_bn_import_keeps_stored_statistics_by_default(
     assert "BN statistics kept" not in r.output and calls == [16]
     assert not pipeline.bn_stats_folded({}) and \
         not pipeline.bn_stats_folded({"imported": {"bn_stats": "file"}})
+
+
+def test_export_refuses_more_subnets_than_a_dla_core_loads(tiny_checkpoint: Path,
+                                                          tmp_path: Path) -> None:
+    """A DLA core loads at most 16 engines: 17 pairs for a DLA profile are refused before
+    any work (exit 2, the limit named), not at build-engines or at load on the device."""
+    pairs = ",".join(f"{w}@{r}" for w in (0.25, 0.5, 0.75, 1.0) for r in (20, 24, 28, 32))
+    out = tmp_path / "out"
+    r = run(tiny_checkpoint, "--pairs", pairs + ",0.3@32", "--profile", "jetson-agx-orin",
+            "--out", out, *FAST)
+    assert r.exit_code == 2, r.output
+    assert "17 subnets on DLA core 0" in r.output and "at most 16" in r.output
+    assert not out.exists() and "Traceback" not in r.output

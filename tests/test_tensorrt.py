@@ -501,3 +501,221 @@ def test_profile_with_tensorrt(export_dir: Path, tmp_path: Path) -> None:
     doc = json.loads((export_dir / "manifest.json").read_text())
     entry = next(iter(doc["subnets"][0]["latency"].values()))
     assert entry["backend"] == "tensorrt"
+
+
+# ------------------------------------------------------------------ TensorRT details (fakes)
+# tests/data/fake_tensorrt.py stands in for tensorrt + cuda-python; each test below pins one
+# detail checked against NVIDIA's docs (the wording is in the code's comments).
+
+def test_layer_precisions_reads_tensorrt11_split_datatype_field() -> None:
+    """TensorRT 11 split "Format/Datatype" into "DataType" + "Format" (and replaced
+    "Bindings" with "I/O Tensors"); the 10.x reader counted nothing there."""
+    from export.backends.tensorrt import layer_precisions
+
+    info = {"I/O Tensors": [{"Name": "input", "IOMode": "Input", "DataType": "Float"}],
+            "Layers": [
+                {"Name": "in", "LayerType": "Reformat",
+                 "Outputs": [{"Name": "x", "DataType": "Half", "Format": "Channel major"}]},
+                {"Name": "conv1", "LayerType": "CaskConvolution",
+                 "Outputs": [{"Name": "c1", "DataType": "Half", "Format": "Channel major"}]},
+                {"Name": "conv2", "LayerType": "CaskConvolution",
+                 "Outputs": [{"Name": "c2", "DataType": "BFloat16", "Format": "Row major"}]},
+                {"Name": "fc", "LayerType": "CaskGemm",
+                 "Outputs": [{"Name": "logits", "DataType": "Float",
+                              "Format": "Row major linear FP32 format (kLINEAR)"}]}]}
+    assert layer_precisions(json.dumps(info)) == {"bf16": 1, "fp16": 1, "fp32": 1}
+
+
+def _many_subnets(root: Path, n: int) -> None:
+    """Grow the export to ``n`` subnets (extra widths at 12 px sharing one ONNX file)."""
+    from export.manifest import subnet_id, update_manifest
+
+    def mutate(doc: dict) -> None:
+        first = doc["subnets"][0]
+        extra = []
+        for i in range(n - len(doc["subnets"])):
+            w = round(0.26 + 0.01 * i, 2)
+            extra.append({**first, "id": subnet_id(w, 12), "width": w,
+                          "macs": first["macs"] + 1 + i})
+        doc["subnets"] = doc["subnets"][:1] + extra + doc["subnets"][1:]
+        doc["subnets"].sort(key=lambda s: s["macs"])
+
+    update_manifest(root, mutate)
+
+
+def test_dla_core_loads_at_most_16_engines(export_dir: Path) -> None:
+    """'Each DLA core can load at most 16 loadables': a DLA profile with more subnets is
+    refused before any build (exit 2, the limit in the message); a GPU profile is not."""
+    from export.backends.tensorrt import DLA_MAX_LOADABLES, check_buildable
+
+    agx = load_profile("jetson-agx-orin")
+    check_buildable(agx, DLA_MAX_LOADABLES)
+    with pytest.raises(ExportUsageError, match="at most 16"):
+        check_buildable(agx, DLA_MAX_LOADABLES + 1)
+    check_buildable(load_profile("jetson-agx-orin-gpu"), 100)
+    _many_subnets(export_dir, 17)
+    before = (export_dir / "manifest.json").read_bytes()
+    res = CliRunner().invoke(cli, ["build-engines", str(export_dir), "--profile",
+                                   "jetson-agx-orin"])
+    assert res.exit_code == 2 and "17 subnets on DLA core 0" in res.output, res.output
+    assert "at most 16" in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert not (export_dir / "build_engines.sh").exists()
+    assert (export_dir / "manifest.json").read_bytes() == before
+
+
+def test_runtime_sets_dla_core_and_selects_the_gpu_per_serving_thread(
+        export_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """IRuntime.DLA_core is set from the engine record before each engine is deserialized
+    (else an engine built for core 1 runs on core 0), and cudaSetDevice, which is per host
+    thread, is called by every thread that serves on cuda:N."""
+    import threading
+
+    import fake_tensorrt
+    from export.runtime import SubnetRuntime
+
+    trt = fake_tensorrt.install(monkeypatch)
+    fake_tensorrt.record_engines(export_dir, dla_core=1)
+    with SubnetRuntime.load(export_dir, backend="tensorrt", device="cuda:1") as rt:
+        assert rt.backend == "tensorrt" and rt.device == "cuda:1"
+        assert trt.deserialized_on_core == [1] * 4
+        main = threading.get_ident()
+        results: dict[str, str] = {}
+
+        def serve(sid: str) -> None:
+            results[sid] = rt.infer_tensor(np.zeros((2, 3, 16, 16), np.float32),
+                                           subnet=sid).subnet_id
+
+        threads = [threading.Thread(target=serve, args=(sid,)) for sid in IDS[2:]]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results == {sid: sid for sid in IDS[2:]}
+        serving = {tid for tid, dev in trt.cuda.set_device if dev == 1 and tid != main}
+        assert len(serving) == 2                        # each serving thread set cuda:1
+        assert all(dev == 1 for _, dev in trt.cuda.set_device)
+        out = rt.infer_tensor(np.zeros((3, 3, 16, 16), np.float32), subnet="w1.00-r16")
+        assert (out.top1 == marker_of(IDS, "w1.00-r16")).all()
+
+
+def test_engine_runner_passes_the_dla_core(export_dir: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import fake_tensorrt
+    from export.backends import make_runner
+
+    trt = fake_tensorrt.install(monkeypatch)
+    path = export_dir / "e.plan"
+    path.write_bytes(fake_tensorrt.engine_bytes(8, 10, marker=3, max_batch=4))
+    with make_runner("tensorrt", path, dla_core=1) as runner:
+        assert runner.max_batch == 4
+        assert runner.run(np.zeros((10, 3, 8, 8), np.float32)).argmax(1).tolist() == [3] * 10
+    assert trt.deserialized_on_core[-1] == 1
+
+
+class _FakeBuilder:
+    """tensorrt.Builder and friends, enough for build_one; the timing cache is optional."""
+
+    def __init__(self, cache: object | None) -> None:
+        self.cache, self.flags, self.dla = cache, [], None
+
+    def create_network(self, flags: int) -> object:
+        return object()
+
+    def create_builder_config(self) -> _FakeBuilder:
+        return self
+
+    def set_memory_pool_limit(self, pool: object, size: int) -> None:
+        pass
+
+    def set_flag(self, flag: str) -> None:
+        self.flags.append(flag)
+
+    def create_timing_cache(self, data: bytes) -> object:
+        return object()
+
+    def set_timing_cache(self, cache: object, ignore_mismatch: bool) -> None:
+        pass
+
+    def create_optimization_profile(self) -> _FakeBuilder:
+        return self
+
+    def set_shape(self, *shapes: object) -> None:
+        pass
+
+    def add_optimization_profile(self, profile: object) -> None:
+        pass
+
+    def build_serialized_network(self, network: object, config: object) -> bytes:
+        return b"engine"
+
+    def get_timing_cache(self) -> object | None:
+        return self.cache
+
+
+def _fake_builder_trt(builder: _FakeBuilder) -> object:
+    import types
+
+    class Parser:
+        num_errors = 0
+
+        def __init__(self, network: object, logger: object) -> None:
+            pass
+
+        def parse(self, data: bytes) -> bool:
+            return True
+
+    class Logger:
+        WARNING = 0
+
+        def __init__(self, level: int = 0) -> None:
+            pass
+
+    ns = types.SimpleNamespace
+    return ns(Logger=Logger, Builder=lambda logger: builder,
+              NetworkDefinitionCreationFlag=ns(), OnnxParser=Parser,
+              MemoryPoolType=ns(WORKSPACE=0), BuilderFlag=ns(FP16="fp16",
+                                                             GPU_FALLBACK="gpu_fallback"),
+              ProfilingVerbosity=ns(DETAILED=2), DeviceType=ns(DLA="dla"))
+
+
+def test_build_survives_get_timing_cache_returning_none(tmp_path: Path) -> None:
+    """get_timing_cache() 'returns ... nullptr if no timing cache was set': after a good
+    build with a rejected cache (another device) the engine is kept, no cache is written."""
+    from export.backends.tensorrt import build_one
+
+    onnx_path, engine, cache = tmp_path / "m.onnx", tmp_path / "e.plan", tmp_path / "t.cache"
+    onnx_path.write_bytes(b"onnx")
+    cache.write_bytes(b"from another GPU")
+    builder = _FakeBuilder(cache=None)
+    with pytest.warns(UserWarning, match="no timing cache"):
+        build_one(_fake_builder_trt(builder), 10, onnx_path, engine, cache,
+                  load_profile("jetson-agx-orin"), "input", 16)
+    assert engine.read_bytes() == b"engine" and cache.read_bytes() == b"from another GPU"
+    assert builder.flags == ["fp16", "gpu_fallback"]
+
+    class Cache:
+        def serialize(self) -> bytes:
+            return b"new cache"
+
+    build_one(_fake_builder_trt(_FakeBuilder(Cache())), 10, onnx_path, engine, cache,
+              load_profile("server-a100"), "input", 16)
+    assert cache.read_bytes() == b"new cache"
+
+
+@pytest.mark.parametrize("version, wanted", [("10.3.0", "'cuda-python>=12,<13'"),
+                                             ("11.1.0", "'cuda-python>=13'")])
+def test_cuda_python_hint_follows_the_tensorrt_major(
+        monkeypatch: pytest.MonkeyPatch, version: str, wanted: str) -> None:
+    """TensorRT 10 (JetPack 6, CUDA 12) wants cuda-python 12; TensorRT 11 packages are CUDA 13,
+    and cuda-python's major follows CUDA's."""
+    import fake_tensorrt
+    from export.backends.tensorrt import cuda_python_requirement, import_cudart
+
+    assert cuda_python_requirement(int(version[:2])) == wanted
+    fake_tensorrt.install(monkeypatch, version)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", None)
+    monkeypatch.setitem(sys.modules, "cuda.cudart", None)
+    with pytest.raises(BackendUnavailableError) as err:
+        import_cudart()
+    assert f"pip install {wanted}" in str(err.value)
