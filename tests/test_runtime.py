@@ -555,6 +555,42 @@ def test_run_cli_prints_labels(export_dir: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0 and f"{a}: thing3" in res.output
 
 
+def test_run_cli_takes_files_directories_and_globs_sorted_with_json(
+        export_dir: Path, tmp_path: Path) -> None:
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    for name in ("b.png", "a.png", "c.jpg"):
+        _png(pics / name, 16, 16)
+    (pics / "notes.txt").write_text("not an image")
+    single = _png(tmp_path / "z.png", 10, 10)
+    res = CliRunner().invoke(cli, ["run", str(export_dir), str(single), str(pics),
+                                   str(tmp_path / "pics" / "*.png"), "--subnet", "w0.50-r16",
+                                   "--json", "--top", "2", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    # argument order, each expansion sorted, each file once (the glob repeats a and b)
+    assert [Path(r["path"]).name for r in rows] == ["z.png", "a.png", "b.png", "c.jpg"]
+    for r in rows:
+        assert r["subnet"] == "w0.50-r16" and len(r["top"]) == 2
+        assert r["top"][0] == {"label": "bird", "index": 2, "probability": 1.0}
+    for args, message in (([str(tmp_path / "none*.png")], "no file matches"),
+                          ([str(tmp_path / "empty")], "holds no images")):
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        res = CliRunner().invoke(cli, ["run", str(export_dir), *args])
+        assert res.exit_code == 2 and message in res.output, res.output
+
+
+def test_run_cli_strict_budget_and_labels_count(export_dir: Path, tmp_path: Path) -> None:
+    a = _png(tmp_path / "a.png", 8, 8)
+    res = CliRunner().invoke(cli, ["run", str(export_dir), str(a), "--budget-mmacs", "1e-6",
+                                   "--strict"])
+    assert res.exit_code == 1 and "below the smallest subnet w0.25-r12" in res.output
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\n")
+    res = CliRunner().invoke(cli, ["run", str(export_dir), str(a), "--labels", str(labels)])
+    assert res.exit_code == 2 and "2 class names but the model predicts 10" in res.output
+
+
 def test_run_cli_bad_input(export_dir: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     res = runner.invoke(cli, ["run", str(export_dir), str(tmp_path / "missing.png")])
