@@ -572,6 +572,7 @@ def test_runtime_sets_dla_core_and_selects_the_gpu_per_serving_thread(
     import threading
 
     import fake_tensorrt
+
     from export.runtime import SubnetRuntime
 
     trt = fake_tensorrt.install(monkeypatch)
@@ -602,6 +603,7 @@ def test_runtime_sets_dla_core_and_selects_the_gpu_per_serving_thread(
 def test_engine_runner_passes_the_dla_core(export_dir: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     import fake_tensorrt
+
     from export.backends import make_runner
 
     trt = fake_tensorrt.install(monkeypatch)
@@ -710,6 +712,7 @@ def test_cuda_python_hint_follows_the_tensorrt_major(
     """TensorRT 10 (JetPack 6, CUDA 12) wants cuda-python 12; TensorRT 11 packages are CUDA 13,
     and cuda-python's major follows CUDA's."""
     import fake_tensorrt
+
     from export.backends.tensorrt import cuda_python_requirement, import_cudart
 
     assert cuda_python_requirement(int(version[:2])) == wanted
