@@ -33,8 +33,10 @@ if TYPE_CHECKING:
     from ..profiles import DeployProfile
 
 SCRIPT_NAME = "build_engines.sh"
-# "Each DLA core can load at most 16 loadables" (TensorRT developer guide, DLA section:
-# a loadable is one DLA subgraph of an engine), so at most 16 subnet engines per core.
+# TensorRT's DLA restrictions (developer guide, "DLA Supported Layers and Restrictions"): a
+# DLA core holds at most 16 loadables at once, a loadable being one DLA subgraph of an
+# engine. The runtime preloads every subnet, so at most 16 subnet engines per core (fewer
+# if GPU fallback splits an engine into several DLA subgraphs).
 DLA_MAX_LOADABLES = 16
 FP16_HINT = ("TensorRT 11 builds FP16 from an FP16 ONNX: install NVIDIA ModelOpt "
              "(`pip install nvidia-modelopt[onnx]`) or onnxconverter-common "
@@ -173,9 +175,9 @@ def check_engine_record(record: EngineRecord, env: EngineEnvironment) -> str | N
 class TrtShared:
     """What all TensorRT subnets share: runtime, one stream, one activation buffer, one lock.
 
-    "cudaSetDevice() sets the device for the calling host thread" (CUDA runtime API): every
-    thread that enqueues work on ``cuda:N`` (N > 0) must select N itself, so
-    :meth:`use_device` does it once per thread before each enqueue."""
+    cudaSetDevice "sets device as the current device for the calling host thread" (CUDA
+    runtime API): every thread that enqueues work on ``cuda:N`` (N > 0) must select N
+    itself, so :meth:`use_device` does it once per thread before its enqueues."""
 
     def __init__(self, device_index: int) -> None:
         self.trt = import_tensorrt()
@@ -199,9 +201,9 @@ class TrtShared:
             self._thread.device = self.device_index
 
     def deserialize(self, path: Path, dla_core: int | None = None) -> Any:
-        """Deserialize an engine; ``IRuntime.DLA_core`` is set first from the engine record
-        ("DLA_core: the DLA core that the engine executes on", IRuntime docs): without it
-        an engine built for core 1 would run on core 0."""
+        """Deserialize an engine; ``IRuntime.DLA_core`` ("the DLA core that the engine
+        executes on", Python API of IRuntime) is set first from the engine record: left
+        at its default an engine built for core 1 would run on core 0."""
         if dla_core is not None:
             self.runtime.DLA_core = int(dla_core)
         engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
@@ -530,9 +532,10 @@ def _config(trt: Any, major: int, builder: Any, profile: DeployProfile, cache_by
 
 
 def _save_timing_cache(config: Any, cache_path: Path) -> bool:
-    """Write the builder's timing cache; False when there is none. ``get_timing_cache()``
-    "returns the timing cache ... or nullptr if no timing cache was set" (IBuilderConfig
-    docs): a cache from another device that the builder rejected leaves none after a good
+    """Write the builder's timing cache; False when there is none. The cache is set with
+    ignore_mismatch False, and ITimingCache's docs say ignore_mismatch "must be set to true
+    if combining a timing cache created from a different device": a cache file from
+    another device is refused, and ``get_timing_cache()`` can then give None after a good
     build, which must not fail the build."""
     cache = config.get_timing_cache()
     if cache is None:
