@@ -110,3 +110,19 @@ def test_ort_runner_cpu_fallback_is_a_parameter(tmp_path: Path,
     runner = OrtRunner(path, providers=providers, allow_cpu_fallback=True, threads=1)
     assert runner.providers[0] == "CPUExecutionProvider"
     assert runner.run(np.zeros((3, 3, 4, 4), np.float32)).shape == (3, 2)
+
+
+def test_ort_threads_default_to_the_cores_this_process_may_use(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from export.backends import default_threads
+
+    assert default_threads() == len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})    # pinned to one core
+    assert default_threads() == 1
+    net = nn.Sequential(nn.Flatten(1), nn.Linear(3 * 4 * 4, 2)).eval()
+    path = export_onnx(net, 4, tmp_path / "m.onnx").path
+    runner = OrtRunner(path)
+    assert runner.session.get_session_options().intra_op_num_threads == 1
+    assert OrtRunner(path, threads=2).session.get_session_options().intra_op_num_threads == 2
