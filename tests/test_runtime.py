@@ -621,8 +621,10 @@ def test_profile_cli(fresh_export: Path) -> None:
                                    "--batch", "1", "--threads", "1"])
     assert res.exit_code == 0, res.output
     assert "p99 ms" in res.output and "w1.00-r16" in res.output
-    doc = json.loads((fresh_export / "manifest.json").read_text())
-    assert all(sn["latency"] for sn in doc["subnets"])
+    assert all(sn.latency for sn in load_manifest(fresh_export).subnets)
+    res = CliRunner().invoke(cli, ["profile", str(fresh_export), "--duration", "0.02",
+                                   "--batch", "1", "--no-progress"])
+    assert res.exit_code == 0 and "profile:" not in res.output   # no tqdm bar
     res = CliRunner().invoke(cli, ["profile", str(fresh_export), "--batch", "x"])
     assert res.exit_code == 2
 

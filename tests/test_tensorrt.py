@@ -498,9 +498,8 @@ def test_profile_with_tensorrt(export_dir: Path, tmp_path: Path) -> None:
     stats = profile_manifest(export_dir, backend="tensorrt", duration_s=0.2, batches=[1],
                              progress=False)
     assert len(stats) == 4
-    doc = json.loads((export_dir / "manifest.json").read_text())
-    entry = next(iter(doc["subnets"][0]["latency"].values()))
-    assert entry["backend"] == "tensorrt"
+    entry = next(iter(load_manifest(export_dir).subnets[0].latency.values()))
+    assert entry.backend == "tensorrt" and entry.p90_at(1) is not None
 
 
 # ------------------------------------------------------------------ TensorRT details (fakes)
