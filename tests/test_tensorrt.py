@@ -581,10 +581,13 @@ def test_runtime_sets_dla_core_and_selects_the_gpu_per_serving_thread(
         assert trt.deserialized_on_core == [1] * 4
         main = threading.get_ident()
         results: dict[str, str] = {}
+        alive = threading.Barrier(2)          # both alive at once: distinct thread ids
 
         def serve(sid: str) -> None:
+            alive.wait(timeout=30)
             results[sid] = rt.infer_tensor(np.zeros((2, 3, 16, 16), np.float32),
                                            subnet=sid).subnet_id
+            alive.wait(timeout=30)
 
         threads = [threading.Thread(target=serve, args=(sid,)) for sid in IDS[2:]]
         for t in threads:
