@@ -33,9 +33,11 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._report import markdown_table, write_section  # noqa: E402
+from export.backends.onnxruntime import OrtRunner  # noqa: E402
 from export.onnx_export import export_onnx  # noqa: E402
-from export.parity import OrtRunner, TorchRunner, collect, compare  # noqa: E402
+from export.parity import collect, compare  # noqa: E402
 from export.slicing import save_subnet, slice_subnet  # noqa: E402
+from export.torch_runner import TorchRunner  # noqa: E402
 from mutualnet.calibrate import calibrate_bn  # noqa: E402
 from mutualnet.data import DataSpec, load_data, resize_to  # noqa: E402
 from mutualnet.flops import count, human  # noqa: E402

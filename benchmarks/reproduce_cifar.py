@@ -432,8 +432,19 @@ def mean_points(per_seed: Mapping[int, Sequence[GridPoint]]) -> list[GridPoint]:
 
 
 def best_within(points: Sequence[GridPoint], macs: float) -> GridPoint | None:
-    fits = [p for p in points if p.macs <= macs * (1 + 1e-9)]
-    return max(fits, key=lambda p: (p.top1, -p.macs)) if fits else None
+    """The point ``mutualnet best`` picks within ``macs`` (export.budget.choose, the one
+    budget rule); None when none fits."""
+    from export.budget import candidates_from_points, choose
+    from export.errors import BudgetError
+
+    if not points:
+        return None
+    try:
+        chosen = choose(candidates_from_points(points), mmacs=macs * (1 + 1e-9) / 1e6,
+                        strict=True)
+    except BudgetError:
+        return None
+    return next(p for p in points if p.id == chosen.subnet_id)
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ reproduction script all call :func:`choose`, so they answer alike:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import BudgetError, ExportUsageError
 
@@ -102,3 +103,16 @@ def choose(candidates: Sequence[Candidate], *, mmacs: float | None = None,
         why = f"the largest within {budget:g} {unit} (no accuracy recorded)"
     return BudgetChoice(best.id, True, f"{best.id} ({cost[best.id]:.4g} {unit}) is {why}",
                         cost[best.id], budget, unit)
+
+
+def candidates_from_manifest(manifest: Any) -> list[Candidate]:
+    """The subnets of an :class:`export.manifest.Manifest` as candidates, with the accuracy
+    the export recorded for selection (the full eval when there was one, else parity's)."""
+    return [Candidate(s.id, s.width, s.resolution, s.macs, s.top1()) for s in manifest.subnets]
+
+
+def candidates_from_points(points: Iterable[Any]) -> list[Candidate]:
+    """Evaluated grid points (``mutualnet.evaluate.GridPoint``: id, width, resolution, macs,
+    top1) as candidates."""
+    return [Candidate(p.id, float(p.width), int(p.resolution), int(p.macs), float(p.top1))
+            for p in points]

@@ -123,7 +123,7 @@ def _progress(total: int, enabled: bool) -> Any:
 
 def profile_manifest(manifest_dir: str | os.PathLike[str], *, backend: str = "auto",
                      device: str | None = None, duration_s: float = DEFAULT_DURATION_S,
-                     batches: Sequence[int] | None = None, threads: int = 0,
+                     batches: Sequence[int] | None = None, threads: int | None = None,
                      progress: bool = True, seed: int = 0) -> list[LatencyStats]:
     """Measure every subnet at each batch size and record the figures in the manifest.
 

@@ -16,11 +16,12 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path, PurePosixPath
+from types import MappingProxyType
 from typing import Any
 
 from .errors import ManifestError
@@ -30,9 +31,12 @@ MANIFEST_FILE = "manifest.json"
 SCHEMA_FILE = "manifest.schema.json"
 
 __all__ = [
-    "MANIFEST_FILE", "SCHEMA_VERSION", "Manifest", "check_files", "file_entry", "iter_file_entries",
-    "load_manifest", "load_schema", "safe_path", "sha256_file", "subnet_id", "update_manifest",
-    "utc_now", "validate_document", "write_manifest",
+    "MANIFEST_FILE", "SCHEMA_VERSION", "AccuracyRecord", "EngineRecord", "FileRecord",
+    "LatencyRecord", "LatencyRow", "Manifest", "ModelInfo", "ParityRecord", "Preprocessing",
+    "ProfileRecord", "SourceCheckpoint", "SubnetEntry", "TensorSpec", "check_files", "file_entry",
+    "iter_file_entries", "load_manifest", "load_schema", "parse_manifest", "read_document",
+    "safe_path", "sha256_file", "subnet_id", "update_manifest", "utc_now", "validate_document",
+    "verify_manifest", "write_manifest",
 ]
 
 
@@ -132,7 +136,7 @@ def _where(path: Any) -> str:
     return parts.lstrip(".") or "<document>"
 
 
-def iter_file_entries(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+def iter_file_entries(doc: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
     """Every file record of a manifest document as (where, entry): subnet files, engines, extras."""
     for key, entry in sorted((doc.get("files") or {}).items()):
         yield f"files.{key}", entry
@@ -231,66 +235,366 @@ def write_manifest(out_dir: str | os.PathLike[str], manifest: dict[str, Any]) ->
     return path
 
 
-# ----------------------------------------------------------------------------- load
+# ----------------------------------------------------------------------------- types
+#
+# The manifest parsed once into frozen records: readers use attributes, never the raw JSON.
+# ``Manifest.document`` keeps the parsed document for writers (update_manifest mutates a copy).
+
+def _ro(d: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(d or {}))
+
+
+def _opt_float(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+def _opt_int(v: Any) -> int | None:
+    return None if v is None else int(v)
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One recorded file: manifest-relative POSIX path, sha256, size in bytes."""
+
+    path: str
+    sha256: str
+    size: int
+
+    @classmethod
+    def parse(cls, d: Mapping[str, Any]) -> FileRecord:
+        return cls(str(d["path"]), str(d["sha256"]), int(d["size"]))
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """An ONNX input or output: name, shape (``"N"`` for the dynamic batch), dtype."""
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str
+
+    @classmethod
+    def parse(cls, d: Mapping[str, Any]) -> TensorSpec:
+        return cls(str(d["name"]), tuple(d["shape"]), str(d["dtype"]))
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What network the subnets come from."""
+
+    name: str
+    num_classes: int
+    classes: tuple[str, ...]
+    width_range: tuple[float, float]
+    model_kwargs: Mapping[str, Any]
+
+    @classmethod
+    def parse(cls, d: Mapping[str, Any]) -> ModelInfo:
+        lo, hi = (float(v) for v in d["width_range"])
+        return cls(str(d["name"]), int(d["num_classes"]), tuple(map(str, d["classes"])),
+                   (lo, hi), _ro(d["model_kwargs"]))
+
+
+@dataclass(frozen=True)
+class SourceCheckpoint:
+    """The checkpoint the subnets were exported from: file name and sha256."""
+
+    file: str
+    sha256: str
+
+    @classmethod
+    def parse(cls, d: Mapping[str, Any]) -> SourceCheckpoint:
+        return cls(str(d["file"]), str(d["sha256"]))
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The evaluation transform every subnet expects (resize, crop, normalization)."""
+
+    resize: int | None
+    crop: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    channel_order: str
+    input_scale: float
+    interpolation: str
+    layout: str
+    resize_mode: str | None = None     # absent on disk: "shorter_side"
+
+    @classmethod
+    def parse(cls, d: Mapping[str, Any]) -> Preprocessing:
+        mean = tuple(float(v) for v in d["mean"])
+        std = tuple(float(v) for v in d["std"])
+        return cls(_opt_int(d["resize"]), int(d["crop"]), mean, std,  # type: ignore[arg-type]
+                   str(d["channel_order"]), float(d["input_scale"]), str(d["interpolation"]),
+                   str(d["layout"]), d.get("resize_mode"))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The on-disk mapping (``resize_mode`` only when recorded), e.g. for preprocess_images."""
+        d: dict[str, Any] = {"resize": self.resize, "crop": self.crop, "mean": list(self.mean),
+                             "std": list(self.std), "channel_order": self.channel_order,
+                             "input_scale": self.input_scale,
+                             "interpolation": self.interpolation, "layout": self.layout}
+        if self.resize_mode is not None:
+            d["resize_mode"] = self.resize_mode
+        return d
+
+
+@dataclass(frozen=True)
+class ProfileRecord:
+    """The deploy profile the export was made for (``data``: the whole recorded mapping)."""
+
+    name: str
+    runtime: str
+    precision: str
+    min_batch: int
+    opt_batch: int
+    max_batch: int
+    ort_providers: tuple[str, ...]
+    tensorrt_major: int | None
+    dla_core: int | None
+    data: Mapping[str, Any]
+
+    @classmethod
+    def parse(cls, d: Mapping[str, Any]) -> ProfileRecord:
+        return cls(str(d["name"]), str(d["runtime"]), str(d["precision"]), int(d["min_batch"]),
+                   int(d["opt_batch"]), int(d["max_batch"]),
+                   tuple(map(str, d.get("ort_providers") or ())),
+                   _opt_int(d.get("tensorrt_major")), _opt_int(d.get("dla_core")), _ro(d))
+
+
+@dataclass(frozen=True)
+class ParityRecord:
+    """One backend's parity against the reference, as recorded."""
+
+    passed: bool
+    max_abs_diff: float | None = None
+    top1_agreement: float | None = None
+    accuracy_drop_pt: float | None = None
+    tolerance_that_passes: float | None = None
+    images: int | None = None
+
+    @classmethod
+    def parse(cls, d: Mapping[str, Any]) -> ParityRecord:
+        return cls(bool(d["passed"]), _opt_float(d.get("max_abs_diff")),
+                   _opt_float(d.get("top1_agreement")), _opt_float(d.get("accuracy_drop_pt")),
+                   _opt_float(d.get("tolerance_that_passes")), _opt_int(d.get("images")))
+
+
+@dataclass(frozen=True)
+class AccuracyRecord:
+    """Top-1 (percent, None when unknown) on ``images`` held-out images."""
+
+    top1: float | None
+    images: int | None = None
+    source: str | None = None     # selection accuracy only: "eval" or "parity"
+
+    @classmethod
+    def parse(cls, d: Mapping[str, Any]) -> AccuracyRecord:
+        src = d.get("source")
+        return cls(_opt_float(d["top1"]), _opt_int(d.get("images")),
+                   None if src is None else str(src))
+
+
+@dataclass(frozen=True)
+class EngineRecord:
+    """A TensorRT engine built for one subnet on one device."""
+
+    file: FileRecord
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+    precision: str
+    dla_core: int | None
+    built: str
+    precision_requested: str | None = None
+    layer_precisions: Mapping[str, int] | None = None
+    gpu_fallback: bool = False
+    min_batch: int | None = None
+    opt_batch: int | None = None
+    max_batch: int | None = None
+    profile: str | None = None
+    parity: ParityRecord | None = None
+
+    @property
+    def path(self) -> str:
+        return self.file.path
+
+    @classmethod
+    def parse(cls, d: Mapping[str, Any]) -> EngineRecord:
+        layers = d.get("layer_precisions")
+        par = d.get("parity")
+        return cls(FileRecord.parse(d), str(d["tensorrt_version"]), str(d["gpu_name"]),
+                   str(d["compute_capability"]), str(d["precision"]), _opt_int(d["dla_core"]),
+                   str(d["built"]), d.get("precision_requested"),
+                   None if layers is None else _ro(layers), bool(d.get("gpu_fallback", False)),
+                   _opt_int(d.get("min_batch")), _opt_int(d.get("opt_batch")),
+                   _opt_int(d.get("max_batch")), d.get("profile"),
+                   None if par is None else ParityRecord.parse(par))
+
+
+@dataclass(frozen=True)
+class LatencyRow:
+    """Percentiles at one batch size."""
+
+    batch: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    throughput_ips: float
+    runs: int | None = None
+
+    @classmethod
+    def parse(cls, d: Mapping[str, Any]) -> LatencyRow:
+        return cls(int(d["batch"]), float(d["p50_ms"]), float(d["p90_ms"]), float(d["p99_ms"]),
+                   float(d["throughput_ips"]), _opt_int(d.get("runs")))
+
+
+@dataclass(frozen=True)
+class LatencyRecord:
+    """One measurement on one device and backend (``key``: its manifest key)."""
+
+    key: str
+    backend: str
+    top: LatencyRow
+    power_mode: str | None
+    measured: str
+    device: str | None = None
+    provider: str | None = None
+    by_batch: tuple[LatencyRow, ...] = ()
+
+    @classmethod
+    def parse(cls, key: str, d: Mapping[str, Any]) -> LatencyRecord:
+        return cls(key, str(d["backend"]), LatencyRow.parse(d), d.get("power_mode"),
+                   str(d["measured"]), d.get("device"), d.get("provider"),
+                   tuple(LatencyRow.parse(r) for r in d.get("by_batch") or ()))
+
+    def p90_at(self, batch: int = 1) -> float | None:
+        """p90 ms at ``batch``, None when not measured at that batch."""
+        for row in (self.top, *self.by_batch):
+            if row.batch == batch:
+                return row.p90_ms
+        return None
+
+
+@dataclass(frozen=True)
+class SubnetEntry:
+    """One standalone subnet: shape, cost, files, accuracy, parity, engines, latencies."""
+
+    id: str
+    width: float
+    resolution: int
+    macs: int
+    params: int
+    input: TensorSpec
+    output: TensorSpec
+    files: Mapping[str, FileRecord]
+    accuracy: Mapping[str, AccuracyRecord]
+    parity: Mapping[str, ParityRecord]
+    engines: tuple[EngineRecord, ...]
+    latency: Mapping[str, LatencyRecord]
+    status: str
+    selection_accuracy: AccuracyRecord | None = None
+
+    @property
+    def onnx(self) -> FileRecord:
+        return self.files["onnx"]
+
+    @property
+    def mmacs(self) -> float:
+        """Millions of MACs."""
+        return self.macs / 1e6
+
+    def top1(self) -> float | None:
+        """The accuracy budgets choose by (``best``, ``run``, ``select_budget`` alike): the
+        recorded selection accuracy (the full eval, else parity's); for exports made before
+        it was recorded, ONNX Runtime's parity top-1, else PyTorch's."""
+        if self.selection_accuracy is not None and self.selection_accuracy.top1 is not None:
+            return self.selection_accuracy.top1
+        for key in ("onnxruntime", "pytorch"):
+            rec = self.accuracy.get(key)
+            if rec is not None and rec.top1 is not None:
+                return rec.top1
+        return None
+
+    @classmethod
+    def parse(cls, d: Mapping[str, Any]) -> SubnetEntry:
+        sel = d.get("selection_accuracy")
+        return cls(
+            str(d["id"]), float(d["width"]), int(d["resolution"]), int(d["macs"]),
+            int(d["params"]), TensorSpec.parse(d["input"]), TensorSpec.parse(d["output"]),
+            _ro({k: FileRecord.parse(v) for k, v in d["files"].items()}),
+            _ro({k: AccuracyRecord.parse(v) for k, v in d["accuracy"].items()}),
+            _ro({k: ParityRecord.parse(v) for k, v in d["parity"].items()}),
+            tuple(EngineRecord.parse(e) for e in d["engines"]),
+            _ro({k: LatencyRecord.parse(k, v) for k, v in d["latency"].items()}),
+            str(d["status"]), None if sel is None else AccuracyRecord.parse(sel))
+
 
 @dataclass(frozen=True)
 class Manifest:
-    """A loaded, validated manifest. ``document`` is the parsed JSON (treat it as read-only)."""
+    """A loaded, validated manifest, parsed into records.
+
+    ``document`` is the parsed JSON, kept for writers (treat it as read-only)."""
 
     path: Path
     root: Path
-    document: dict[str, Any]
-
-    @property
-    def schema_version(self) -> int:
-        return int(self.document["schema_version"])
-
-    @property
-    def model(self) -> dict[str, Any]:
-        return dict(self.document["model"])
+    document: Mapping[str, Any]
+    schema_version: int
+    created: str
+    generator: str
+    model: ModelInfo
+    source_checkpoint: SourceCheckpoint
+    preprocessing: Preprocessing
+    profile: ProfileRecord
+    files: Mapping[str, FileRecord]
+    subnets: tuple[SubnetEntry, ...]
 
     @property
     def classes(self) -> tuple[str, ...]:
-        return tuple(self.document["model"]["classes"])
-
-    @property
-    def preprocessing(self) -> dict[str, Any]:
-        return dict(self.document["preprocessing"])
-
-    @property
-    def profile(self) -> dict[str, Any]:
-        return dict(self.document["profile"])
-
-    @property
-    def subnets(self) -> list[dict[str, Any]]:
-        """Subnet entries, MACs ascending."""
-        return list(self.document["subnets"])
+        return self.model.classes
 
     @property
     def subnet_ids(self) -> list[str]:
-        return [s["id"] for s in self.document["subnets"]]
+        return [s.id for s in self.subnets]
 
-    def subnet(self, sid: str) -> dict[str, Any]:
-        for sn in self.document["subnets"]:
-            if sn["id"] == sid:
-                return dict(sn)
+    def subnet(self, sid: str) -> SubnetEntry:
+        for sn in self.subnets:
+            if sn.id == sid:
+                return sn
         raise ManifestError(f"no subnet {sid!r} in {self.path}; available: "
                             f"{', '.join(self.subnet_ids)}")
 
-    def file(self, rel: str) -> Path:
+    def file(self, rel: str | FileRecord) -> Path:
         """Absolute path of a manifest-relative file (checked not to escape the directory)."""
-        return safe_path(self.root, rel)
+        return safe_path(self.root, rel.path if isinstance(rel, FileRecord) else rel)
 
     def summary(self) -> str:
         """One line: model, subnet count, files verified, engines, profile."""
         files = sum(1 for _ in iter_file_entries(self.document))
-        engines = sum(len(s["engines"]) for s in self.document["subnets"])
-        failed = sum(1 for s in self.document["subnets"] if s["status"] != "ok")
+        engines = sum(len(s.engines) for s in self.subnets)
+        failed = sum(1 for s in self.subnets if s.status != "ok")
         extra = f", {failed} failed parity" if failed else ""
-        return (f"{self.path}: {self.document['model']['name']}, "
-                f"{len(self.document['subnets'])} subnets ({', '.join(self.subnet_ids)}), "
-                f"{files} files verified, {engines} engines, profile "
-                f"{self.document['profile']['name']}{extra}")
+        return (f"{self.path}: {self.model.name}, {len(self.subnets)} subnets "
+                f"({', '.join(self.subnet_ids)}), {files} files verified, {engines} engines, "
+                f"profile {self.profile.name}{extra}")
+
+
+def parse_manifest(doc: Mapping[str, Any], path: Path) -> Manifest:
+    """The records of a document that :func:`validate_document` accepted."""
+    try:
+        return Manifest(
+            path=path.resolve(), root=path.parent.resolve(), document=doc,
+            schema_version=int(doc["schema_version"]), created=str(doc["created"]),
+            generator=str(doc["generator"]), model=ModelInfo.parse(doc["model"]),
+            source_checkpoint=SourceCheckpoint.parse(doc["source_checkpoint"]),
+            preprocessing=Preprocessing.parse(doc["preprocessing"]),
+            profile=ProfileRecord.parse(doc["profile"]),
+            files=_ro({k: FileRecord.parse(v) for k, v in (doc.get("files") or {}).items()}),
+            subnets=tuple(SubnetEntry.parse(s) for s in doc["subnets"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ManifestError(f"{path}: a field has the wrong type or is missing ({e!r}); "
+                            "re-export it") from None
 
 
 def _manifest_path(path_or_dir: str | os.PathLike[str]) -> Path:
@@ -303,7 +607,7 @@ def _manifest_path(path_or_dir: str | os.PathLike[str]) -> Path:
     return p
 
 
-def check_files(root: Path, doc: dict[str, Any], *, source: str) -> None:
+def check_files(root: Path, doc: Mapping[str, Any], *, source: str) -> None:
     """Check every recorded file exists inside ``root`` with the recorded size and sha256."""
     for where, entry in iter_file_entries(doc):
         rel = entry["path"]
@@ -326,22 +630,33 @@ def check_files(root: Path, doc: dict[str, Any], *, source: str) -> None:
                                 "modified; re-copy or re-export it")
 
 
-def load_manifest(path_or_dir: str | os.PathLike[str], *, verify_files: bool = True) -> Manifest:
-    """Load ``manifest.json`` (a path or its directory), validate schema, paths and checksums."""
-    path = _manifest_path(path_or_dir)
+def read_document(path: Path) -> Any:
+    """The parsed JSON of ``path`` (the one place a manifest file is parsed)."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as e:
         raise ManifestError(f"cannot read {path}: {e}") from e
     except json.JSONDecodeError as e:
         raise ManifestError(f"{path} is not valid JSON (line {e.lineno}: {e.msg}); it may be "
                             "truncated: re-export it") from e
-    validate_document(doc, source=str(path))
-    root = path.parent
-    if verify_files:
-        check_files(root, doc, source=str(path))
-    return Manifest(path=path.resolve(), root=root.resolve(), document=doc)
 
+
+def verify_manifest(manifest: Manifest) -> None:
+    """Everything ``verify`` and ``SubnetRuntime.load`` check beyond the schema: every
+    recorded file exists inside the directory with its recorded size and sha256."""
+    check_files(manifest.root, manifest.document, source=str(manifest.path))
+
+
+def load_manifest(path_or_dir: str | os.PathLike[str], *, verify_files: bool = True) -> Manifest:
+    """Load ``manifest.json`` (a path or its directory): schema, records, and with
+    ``verify_files`` :func:`verify_manifest` (paths, sizes, checksums)."""
+    path = _manifest_path(path_or_dir)
+    doc = read_document(path)
+    validate_document(doc, source=str(path))
+    manifest = parse_manifest(doc, path)
+    if verify_files:
+        verify_manifest(manifest)
+    return manifest
 
 
 def update_manifest(path_or_dir: str | os.PathLike[str],
@@ -349,7 +664,7 @@ def update_manifest(path_or_dir: str | os.PathLike[str],
     """Load (without re-hashing), apply ``mutate`` to a copy of the document, write atomically."""
     path = _manifest_path(path_or_dir)
     current = load_manifest(path, verify_files=False)
-    doc = copy.deepcopy(current.document)
+    doc = copy.deepcopy(dict(current.document))
     mutate(doc)
     write_manifest(path.parent, doc)
     return load_manifest(path, verify_files=False)

@@ -42,19 +42,13 @@ from typing import Any
 
 import numpy as np
 
+from .backends import make_runner
+from .backends.onnxruntime import available_backends
+from .backends.tensorrt import check_buildable
 from .errors import ExportError, ExportUsageError
 from .manifest import SCHEMA_VERSION, file_entry, subnet_id, utc_now, write_manifest
 from .onnx_export import DEFAULT_EXPORTER, EXPORTERS, INPUT_NAME, OUTPUT_NAME, export_onnx
-from .parity import (
-    ParityGate,
-    ParityResult,
-    TorchRunner,
-    available_backends,
-    collect,
-    compare,
-    make_runner,
-    top1_percent,
-)
+from .parity import ParityGate, ParityResult, collect, compare, top1_percent
 from .profiles import DeployProfile, load_profile
 
 PARITY_MD = "parity.md"
@@ -283,6 +277,7 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.Path
     model, config = ckpt.model.eval(), ckpt.config
     grid = plan_grid(model, widths=options.widths, resolutions=options.resolutions,
                      pairs=options.pairs, default_widths=config.width_mult_list)
+    check_buildable(profile, len(grid))   # e.g. more subnets than a DLA core can load
     notes: list[str] = []
     if options.calib_images is None and bn_stats_folded(ckpt.extra):
         options = dataclasses.replace(options, calib_images=0)
@@ -373,6 +368,7 @@ def _export_one(ctx: _Context, tmp: Path, width: float, resolution: int) -> Subn
     from mutualnet.flops import count
 
     from .slicing import save_subnet, slice_subnet
+    from .torch_runner import TorchRunner
 
     opts, model = ctx.options, ctx.model
     sid = subnet_id(width, resolution)
@@ -438,7 +434,7 @@ def write_parity_images_file(tmp: Path, batches: Sequence[Any], labels: np.ndarr
                              ) -> tuple[dict[str, Any], int]:
     """Write ``parity_images.npz`` (at most ``max_bytes`` of pixels, taken evenly over the
     held-out set); returns (its file entry, images kept)."""
-    from .tensorrt_build import PARITY_IMAGES_FILE, write_parity_images
+    from .parity_images import PARITY_IMAGES_FILE, write_parity_images
 
     images = to_uint8_images([b.numpy() if hasattr(b, "numpy") else b for b in batches], pre)
     keep = max(1, min(len(images), max_bytes // max(1, images[0].nbytes)))
@@ -499,6 +495,7 @@ def _manifest(config: Any, model: Any, classes: list[str], ckpt: Any, profile: D
     from mutualnet.data import preprocessing
 
     num_classes = model_num_classes(model)
+    full_eval = run_eval_accuracy(ckpt.path, ckpt.sha256)
     subnets = []
     for s in reports:
         n = s.parity[SLICED].images
@@ -513,6 +510,7 @@ def _manifest(config: Any, model: Any, classes: list[str], ckpt: Any, profile: D
                          for k, v in s.accuracy.items()},
             "parity": {k: v.manifest_entry() for k, v in s.parity.items()},
             "engines": [], "latency": {}, "status": s.status,
+            "selection_accuracy": selection_accuracy(s, full_eval),
         })
     return {
         "schema_version": SCHEMA_VERSION, "created": utc_now(),
@@ -527,6 +525,36 @@ def _manifest(config: Any, model: Any, classes: list[str], ckpt: Any, profile: D
         "files": files,
         "subnets": subnets,
     }
+
+
+def run_eval_accuracy(checkpoint: Path, sha256: str) -> dict[str, tuple[float, int]]:
+    """Top-1 (and images) per subnet id from the run's full evaluation, ``eval/eval.json``
+    beside the checkpoint, when it was made from this very checkpoint; else empty."""
+    from mutualnet.errors import UsageError
+    from mutualnet.evaluate import GRID_JSON, load_grid
+
+    path = Path(checkpoint).parent / "eval" / GRID_JSON
+    try:
+        if json.loads(path.read_text()).get("sha256") != sha256:
+            return {}
+        _, points = load_grid(path)
+    except (OSError, ValueError, AttributeError, UsageError):
+        return {}
+    return {subnet_id(p.width, p.resolution): (float(p.top1), int(p.images)) for p in points}
+
+
+def selection_accuracy(report: SubnetReport,
+                       full_eval: Mapping[str, tuple[float, int]]) -> dict[str, Any]:
+    """The accuracy ``best``, ``run`` and ``select_budget`` choose by: the full eval's top-1
+    for this (w, r) when there was one, else parity's (ONNX Runtime's, else PyTorch's)."""
+    if report.id in full_eval:
+        top1, images = full_eval[report.id]
+        return {"top1": round(top1, 4), "source": "eval", "images": images}
+    parity = report.accuracy.get("onnxruntime")
+    if parity is None:
+        parity = report.accuracy.get("pytorch")
+    return {"top1": None if parity is None else round(parity, 4), "source": "parity",
+            "images": report.parity[SLICED].images}
 
 
 # --------------------------------------------------------------------------- staging

@@ -3,8 +3,8 @@
 ``evaluate`` measures one subnet as the model stands (call :func:`calibrate_bn` first);
 ``evaluate_grid`` calibrates and evaluates every (w, r) pair and returns points sorted by
 MACs; ``write_grid`` saves them as CSV, JSON and an accuracy-vs-MACs PNG with the Pareto
-front marked (optionally overlaying other runs); ``best_within_budget`` answers the paper's
-query "most accurate subnet within X MFLOPs".
+front marked (optionally overlaying other runs). The paper's query "most accurate subnet
+within X MACs" is ``mutualnet best`` (the one budget rule, ``export.budget.choose``).
 """
 
 from __future__ import annotations
@@ -158,19 +158,6 @@ def pareto_front(points: Iterable[GridPoint]) -> list[GridPoint]:
             front.append(p)
             best = p.top1
     return front
-
-
-def best_within_budget(points: Iterable[GridPoint], budget_mflops: float) -> GridPoint:
-    """The most accurate point with MACs <= budget (ties: fewer MACs); UsageError if none."""
-    pts = list(points)
-    if not pts:
-        raise UsageError("no evaluated subnets to choose from")
-    fits = [p for p in pts if p.macs <= budget_mflops * 1e6]
-    if not fits:
-        cheapest = min(pts, key=lambda p: p.macs)
-        raise UsageError(f"no subnet fits {budget_mflops:g} MFLOPs; the cheapest "
-                         f"({cheapest.id}) needs {cheapest.mflops:.3f} MFLOPs")
-    return max(fits, key=lambda p: (p.top1, -p.macs))
 
 
 # -- tables and files -------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Evaluation: metrics, the grid, its Pareto front, files, and the budget query."""
+"""Evaluation: metrics, the grid, its Pareto front and files (the budget query is
+`mutualnet best`, tested in tests/test_best_and_run.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import torch
 from mutualnet.errors import UsageError
 from mutualnet.evaluate import (
     GridPoint,
-    best_within_budget,
     evaluate,
     format_table,
     load_grid,
@@ -37,14 +37,6 @@ def test_pareto_front_keeps_only_undominated_points() -> None:
     for p in POINTS:
         if p not in front:
             assert any(q.macs <= p.macs and q.top1 >= p.top1 for q in front)
-
-
-def test_best_within_budget() -> None:
-    assert best_within_budget(POINTS, 0.45).id == "w0.50-r32"
-    assert best_within_budget(POINTS, 0.35).id == "w0.25-r20"
-    assert best_within_budget(POINTS, 10).id == "w1.00-r32"
-    with pytest.raises(UsageError, match=r"no subnet fits 0.05 MFLOPs.*w0.25-r20.*0.100 MFLOPs"):
-        best_within_budget(POINTS, 0.05)
 
 
 def test_write_and_load_grid(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The parity comparator and runners (torch, ONNX Runtime, the TensorRT hook)."""
+"""The parity comparator and gate, and the runners (torch, ONNX Runtime, TensorRT hook)."""
 
 from __future__ import annotations
 
@@ -9,19 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from export import parity
+from export.backends import make_runner
+from export.backends.onnxruntime import OrtRunner, available_backends
 from export.errors import BackendUnavailableError, ExportUsageError, ParityError
 from export.onnx_export import export_onnx
-from export.parity import (
-    OrtRunner,
-    ParityGate,
-    TorchRunner,
-    available_backends,
-    compare,
-    make_runner,
-    register_runner,
-    run_parity,
-)
+from export.parity import ParityGate, compare, run_parity
+from export.profiles import load_profile
+from export.torch_runner import TorchRunner
 
 
 def test_compare_reports_diff_agreement_accuracy_and_tolerance() -> None:
@@ -34,7 +28,7 @@ def test_compare_reports_diff_agreement_accuracy_and_tolerance() -> None:
     assert r.tolerance_that_passes == pytest.approx(0.1)
     assert r.top1_agreement == 0.75
     assert r.reference_top1 == 75.0 and r.top1 == 50.0 and r.accuracy_drop_pt == 25.0
-    assert not r.passed and "max_abs_diff <= 0.0001" in r.gate
+    assert not r.passed and "max_abs_diff <= 0.0001" in r.gate and "finite" in r.gate
     assert compare(ref, cand, labels, gate=ParityGate(max_abs_diff=0.1)).passed
     entry = r.manifest_entry()
     assert entry["passed"] is False and entry["images"] == 4 and entry["top1_agreement"] == 0.75
@@ -78,7 +72,7 @@ def test_torch_and_onnxruntime_runners_agree(tmp_path: Path) -> None:
     assert r.passed and r.max_abs_diff < 1e-5 and r.images == 6 and r.reference == "pytorch"
 
 
-def test_backends_and_the_tensorrt_hook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_backends_and_the_tensorrt_hook(tmp_path: Path) -> None:
     assert "onnxruntime" in available_backends()
     if not torch.cuda.is_available():
         assert available_backends(["CUDAExecutionProvider"]) == ["onnxruntime"]
@@ -87,18 +81,48 @@ def test_backends_and_the_tensorrt_hook(tmp_path: Path, monkeypatch: pytest.Monk
     with pytest.raises(ExportUsageError, match="unknown backend"):
         make_runner("tflite", tmp_path / "x")
     with pytest.raises(BackendUnavailableError, match="NoSuchExecutionProvider"):
-        OrtRunner(tmp_path / "x.onnx", provider="NoSuchExecutionProvider")
+        OrtRunner(tmp_path / "x.onnx", providers=["NoSuchExecutionProvider"])
 
-    class Fake:
-        name = "tensorrt"
 
-        def __init__(self, path: Path, **options: object) -> None:
-            self.path = path
+def test_gate_from_profile_fails_nonfinite_even_in_low_precision() -> None:
+    gate = ParityGate.from_profile(load_profile("server-a100"))     # fp16: agreement gate
+    assert gate.precision == "fp16" and gate.min_top1_agreement == 0.99
+    ref = np.eye(4, dtype=np.float32)
+    inf = ref.copy()
+    inf[0, 0] = np.inf                    # arg-max unchanged: agreement alone would pass
+    r = compare(ref, inf, gate=gate)
+    assert r.top1_agreement == 1.0 and not r.passed and not r.finite
+    assert compare(ref, ref, gate=gate).passed
 
-        def __call__(self, x: np.ndarray) -> np.ndarray:
-            return np.zeros((len(x), 2), np.float32)
 
-    monkeypatch.setattr(parity, "_FACTORIES", {})
-    register_runner("tensorrt", Fake)
-    runner = make_runner("tensorrt", tmp_path / "x.engine")
-    assert runner(np.zeros((3, 3, 4, 4), np.float32)).shape == (3, 2)
+def test_ort_runner_cpu_fallback_is_a_parameter(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parity refuses a session that fell back to the CPU; the runtime allows it."""
+    import onnxruntime as ort
+
+    net = nn.Sequential(nn.Flatten(1), nn.Linear(3 * 4 * 4, 2)).eval()
+    path = export_onnx(net, 4, tmp_path / "m.onnx").path
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["FakeExecutionProvider", "CPUExecutionProvider"])
+    providers = ["FakeExecutionProvider", "CPUExecutionProvider"]
+    with pytest.raises(BackendUnavailableError, match="fell back"):
+        OrtRunner(path, providers=providers, allow_cpu_fallback=False)
+    runner = OrtRunner(path, providers=providers, allow_cpu_fallback=True, threads=1)
+    assert runner.providers[0] == "CPUExecutionProvider"
+    assert runner.run(np.zeros((3, 3, 4, 4), np.float32)).shape == (3, 2)
+
+
+def test_ort_threads_default_to_the_cores_this_process_may_use(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from export.backends import default_threads
+
+    assert default_threads() == len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})    # pinned to one core
+    assert default_threads() == 1
+    net = nn.Sequential(nn.Flatten(1), nn.Linear(3 * 4 * 4, 2)).eval()
+    path = export_onnx(net, 4, tmp_path / "m.onnx").path
+    runner = OrtRunner(path)
+    assert runner.session.get_session_options().intra_op_num_threads == 1
+    assert OrtRunner(path, threads=2).session.get_session_options().intra_op_num_threads == 2

@@ -46,19 +46,22 @@ def test_export_grid_prints_parity_table_and_writes_manifest(exported) -> None:
     assert [s["status"] for s in report["subnets"]] == ["ok"] * 6
     manifest = load_manifest(out)  # schema + sha256 + sizes of every file
     subnets = manifest.subnets
-    assert [s["id"] for s in subnets] == ["w0.25-r24", "w0.50-r24", "w0.25-r32", "w0.50-r32",
-                                          "w1.00-r24", "w1.00-r32"]
-    assert [s["macs"] for s in subnets] == sorted(s["macs"] for s in subnets)
+    assert [s.id for s in subnets] == ["w0.25-r24", "w0.50-r24", "w0.25-r32", "w0.50-r32",
+                                       "w1.00-r24", "w1.00-r32"]
+    assert [s.macs for s in subnets] == sorted(s.macs for s in subnets)
     for s in subnets:
-        assert s["status"] == "ok"
-        assert set(s["parity"]) == {"pytorch_sliced", "onnxruntime"}
-        assert s["parity"]["onnxruntime"]["max_abs_diff"] <= 1e-4
-        assert s["parity"]["pytorch_sliced"]["max_abs_diff"] <= 1e-4
-        assert s["accuracy"]["pytorch"]["top1"] == s["accuracy"]["onnxruntime"]["top1"]
-        assert s["accuracy"]["pytorch"]["images"] == 100
-    assert manifest.model["classes"][0] == "airplane"
-    assert manifest.document["source_checkpoint"]["file"] == "checkpoint.safetensors"
-    assert {"parity_md", "parity_json", "parity_images"} <= set(manifest.document["files"])
+        assert s.status == "ok"
+        assert set(s.parity) == {"pytorch_sliced", "onnxruntime"}
+        assert (s.parity["onnxruntime"].max_abs_diff or 1.0) <= 1e-4
+        assert (s.parity["pytorch_sliced"].max_abs_diff or 1.0) <= 1e-4
+        assert s.accuracy["pytorch"].top1 == s.accuracy["onnxruntime"].top1
+        assert s.accuracy["pytorch"].images == 100
+        # no eval/eval.json in this run: selection falls back on parity's accuracy
+        assert s.selection_accuracy is not None and s.selection_accuracy.source == "parity"
+        assert s.top1() == s.accuracy["onnxruntime"].top1
+    assert manifest.model.classes[0] == "airplane"
+    assert manifest.source_checkpoint.file == "checkpoint.safetensors"
+    assert {"parity_md", "parity_json", "parity_images"} <= set(manifest.files)
     assert not list(out.parent.glob(".deploy.*"))  # no temporary directory left behind
 
 
@@ -69,16 +72,16 @@ def test_manifest_subnets_reproduce_on_their_own(exported) -> None:
     pre = manifest.preprocessing
     data = load_data(DataSpec(max_images=100), "val")
     x, y = next(data.batches(100, augment=False, shuffle=False))
-    assert pre["crop"] == x.shape[-1] and pre["mean"] == list(DataSpec().mean)
+    assert pre.crop == x.shape[-1] and list(pre.mean) == list(DataSpec().mean)
     for entry in manifest.subnets:
-        r = entry["resolution"]
+        r = entry.resolution
         xr = resize_to(x, r)
-        session = ort.InferenceSession(str(manifest.file(entry["files"]["onnx"]["path"])),
+        session = ort.InferenceSession(str(manifest.file(entry.onnx)),
                                        providers=["CPUExecutionProvider"])
         logits = session.run(None, {"input": xr.numpy()})[0]
         top1 = float((logits.argmax(1) == y.numpy()).mean() * 100)
-        assert top1 == pytest.approx(entry["accuracy"]["onnxruntime"]["top1"])
-        plain = load_subnet(manifest.file(entry["files"]["arch"]["path"]))
+        assert top1 == pytest.approx(entry.accuracy["onnxruntime"].top1)
+        plain = load_subnet(manifest.file(entry.files["arch"]))
         with torch.no_grad():
             assert np.abs(plain.module(xr).numpy() - logits).max() <= 1e-4
 
@@ -87,28 +90,28 @@ def test_parity_images_are_stored_and_reproduce_the_eval_inputs(exported) -> Non
     """parity_images.npz holds the held-out images parity used (uint8 at the crop, labels):
     through the runtime's preprocessing they give the exported inputs, and ONNX Runtime on
     them reproduces the recorded accuracy; build-engines reads them by default."""
+    from export.parity_images import stored_parity_images
     from export.runtime import preprocess_images
-    from export.tensorrt_build import stored_parity_images
 
     _, out = exported
     manifest = load_manifest(out)
-    entry = manifest.document["files"]["parity_images"]
-    assert entry["path"] == "parity_images.npz" and entry["size"] < 400_000   # 100 x 32 px
+    entry = manifest.files["parity_images"]
+    assert entry.path == "parity_images.npz" and entry.size < 400_000   # 100 x 32 px
     stored = stored_parity_images(manifest, limit=1000)
     assert stored is not None and stored.cropped and len(stored) == 100
     assert stored.images.dtype == np.uint8 and stored.images.shape == (100, 32, 32, 3)
     data = load_data(DataSpec(max_images=100), "val")
     x, y = next(data.batches(100, augment=False, shuffle=False))
     assert (stored.labels == y.numpy()).all()
-    pre = {**manifest.preprocessing, "resize": None}
+    pre = {**manifest.preprocessing.as_dict(), "resize": None}
     for sn in manifest.subnets[:2] + manifest.subnets[-1:]:
-        r = sn["resolution"]
+        r = sn.resolution
         mine = preprocess_images(stored.images, pre, r)
         np.testing.assert_allclose(mine, resize_to(x, r).numpy(), atol=2e-5)
-        session = ort.InferenceSession(str(manifest.file(sn["files"]["onnx"]["path"])),
+        session = ort.InferenceSession(str(manifest.file(sn.onnx)),
                                        providers=["CPUExecutionProvider"])
         top1 = float((session.run(None, {"input": mine})[0].argmax(1) == stored.labels).mean())
-        assert top1 * 100 == pytest.approx(sn["accuracy"]["onnxruntime"]["top1"])
+        assert top1 * 100 == pytest.approx(sn.accuracy["onnxruntime"].top1)
 
 
 def test_parity_images_are_capped_evenly(tmp_path: Path) -> None:
@@ -130,13 +133,44 @@ def test_parity_images_are_capped_evenly(tmp_path: Path) -> None:
         assert str(z["stage"]) == "cropped" and int(z["crop"]) == 8
 
 
+def test_selection_accuracy_is_the_full_eval_when_the_run_has_one(
+        tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """The manifest records the accuracy `best` reads: the run's eval/eval.json top-1 for
+    the (w, r) it evaluated (for this very checkpoint), else parity's."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_checkpoint.parent, run_dir)
+    ckpt = run_dir / tiny_checkpoint.name
+    (run_dir / "eval").mkdir(exist_ok=True)
+    point = {"width": 0.25, "resolution": 20, "macs": 1, "params": 1, "top1": 12.5,
+             "top5": 50.0, "images": 10000}
+    (run_dir / "eval" / "eval.json").write_text(json.dumps(
+        {"label": "run", "sha256": sha256_file(ckpt), "points": [point]}))
+    out = tmp_path / "out"
+    r = run(ckpt, "--pairs", "0.25@20,1.0@32", "--out", out, *FAST)
+    assert r.exit_code == 0, r.output
+    small, big = load_manifest(out).subnets
+    assert small.selection_accuracy is not None and big.selection_accuracy is not None
+    assert (small.selection_accuracy.source, small.top1()) == ("eval", 12.5)
+    assert small.selection_accuracy.images == 10000
+    assert big.selection_accuracy.source == "parity"
+    assert big.top1() == big.accuracy["onnxruntime"].top1
+    # an eval.json of other weights is not this checkpoint's accuracy
+    (run_dir / "eval" / "eval.json").write_text(json.dumps(
+        {"label": "run", "sha256": "0" * 64, "points": [point]}))
+    r = run(ckpt, "--pairs", "0.25@20", "--out", out, "--force", *FAST)
+    assert r.exit_code == 0, r.output
+    assert load_manifest(out).subnets[0].selection_accuracy.source == "parity"
+
+
 def test_pairs_and_force(tiny_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     r = run(tiny_checkpoint, "--pairs", "0.25@20,1.0@32", "--out", out, *FAST)
     assert r.exit_code == 0, r.output
     manifest = load_manifest(out)
     assert manifest.subnet_ids == ["w0.25-r20", "w1.00-r32"]
-    assert manifest.subnets[0]["accuracy"]["pytorch"]["images"] == 32
+    assert manifest.subnets[0].accuracy["pytorch"].images == 32
     before = sha256_file(out / "manifest.json")
     r = run(tiny_checkpoint, "--pairs", "0.5@24", "--out", out, *FAST)
     assert r.exit_code == 2 and "--force" in r.output
@@ -208,14 +242,20 @@ def test_parity_failure_exits_1_and_marks_the_manifest(
         tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = pipeline.make_runner
 
+    class Noisy:                          # a broken backend: logits off by 0.01
+        max_batch = 0
+
+        def __init__(self, runner) -> None:
+            self.runner, self.name = runner, runner.name
+
+        def run(self, x: np.ndarray) -> np.ndarray:
+            return self.runner.run(x) + np.float32(1e-2)
+
+        def close(self) -> None:
+            self.runner.close()
+
     def noisy(backend: str, path: Path, **options):
-        runner = real(backend, path, **options)
-
-        def run_noisy(x: np.ndarray) -> np.ndarray:
-            return runner(x) + np.float32(1e-2)  # a broken backend: logits off by 0.01
-
-        run_noisy.name = runner.name  # type: ignore[attr-defined]
-        return run_noisy
+        return Noisy(real(backend, path, **options))
 
     monkeypatch.setattr(pipeline, "make_runner", noisy)
     out = tmp_path / "out"
@@ -224,11 +264,10 @@ def test_parity_failure_exits_1_and_marks_the_manifest(
     assert "2 of 2 subnets failed parity" in r.output and "FAIL (onnxruntime)" in r.output
     manifest = load_manifest(out)  # artifacts kept and verifiable
     for s in manifest.subnets:
-        assert s["status"] == "parity_failed"
-        assert s["parity"]["onnxruntime"]["passed"] is False
-        assert s["parity"]["onnxruntime"]["tolerance_that_passes"] == pytest.approx(1e-2,
-                                                                                   rel=1e-3)
-        assert s["parity"]["pytorch_sliced"]["passed"] is True
+        assert s.status == "parity_failed"
+        assert s.parity["onnxruntime"].passed is False
+        assert s.parity["onnxruntime"].tolerance_that_passes == pytest.approx(1e-2, rel=1e-3)
+        assert s.parity["pytorch_sliced"].passed is True
 
 
 # --------------------------------------------------------------------------- --engines
@@ -252,8 +291,8 @@ def test_engines_without_tensorrt_keeps_export_writes_script_exits_1(
     assert script.is_file() and script.stat().st_mode & 0o111
     assert "--saveEngine=engines/jetson-orin-nano/w0.25-r20.fp16.plan" in script.read_text()
     manifest = load_manifest(out)  # the export itself is whole and verifies
-    assert manifest.subnet_ids == ["w0.25-r20"] and manifest.subnets[0]["engines"] == []
-    assert manifest.profile["name"] == "jetson-orin-nano"
+    assert manifest.subnet_ids == ["w0.25-r20"] and manifest.subnets[0].engines == ()
+    assert manifest.profile.name == "jetson-orin-nano"
 
 
 def test_engines_needs_a_tensorrt_profile(tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -317,3 +356,16 @@ def test_folded_bn_import_keeps_stored_statistics_by_default(
     assert "BN statistics kept" not in r.output and calls == [16]
     assert not pipeline.bn_stats_folded({}) and \
         not pipeline.bn_stats_folded({"imported": {"bn_stats": "file"}})
+
+
+def test_export_refuses_more_subnets_than_a_dla_core_loads(tiny_checkpoint: Path,
+                                                          tmp_path: Path) -> None:
+    """A DLA core loads at most 16 engines: 17 pairs for a DLA profile are refused before
+    any work (exit 2, the limit named), not at build-engines or at load on the device."""
+    pairs = ",".join(f"{w}@{r}" for w in (0.25, 0.5, 0.75, 1.0) for r in (20, 24, 28, 32))
+    out = tmp_path / "out"
+    r = run(tiny_checkpoint, "--pairs", pairs + ",0.3@32", "--profile", "jetson-agx-orin",
+            "--out", out, *FAST)
+    assert r.exit_code == 2, r.output
+    assert "17 subnets on DLA core 0" in r.output and "at most 16" in r.output
+    assert not out.exists() and "Traceback" not in r.output

@@ -70,8 +70,13 @@ def test_golden_manifest_loads_and_verifies() -> None:
     assert m.schema_version == 1
     assert m.subnet_ids == ["w0.25-r12", "w1.00-r16"]
     assert m.classes[0] == "airplane" and len(m.classes) == 10
-    assert m.preprocessing["crop"] == 16
-    assert m.profile["name"] == "cpu"
+    assert m.preprocessing.crop == 16 and m.preprocessing.resize is None
+    assert m.profile.name == "cpu" and m.profile.max_batch == 8
+    sn = m.subnet("w0.25-r12")
+    assert sn.onnx.path == "subnets/w0.25-r12/model.onnx" and sn.onnx.size == 969
+    assert sn.input.shape == ("N", 3, 12, 12) and sn.output.name == "logits"
+    assert sn.accuracy["onnxruntime"].top1 == 40.0 and sn.parity["onnxruntime"].passed
+    assert sn.top1() == 40.0 and sn.selection_accuracy is None and sn.engines == ()
     assert m.file("subnets/w0.25-r12/model.onnx").is_file()
 
 
@@ -94,7 +99,7 @@ def test_subnet_id_format() -> None:
 def test_roundtrip_and_summary(export_dir: Path) -> None:
     m = load_manifest(export_dir / MANIFEST_FILE)
     assert m.root == export_dir.resolve()
-    assert [s["macs"] for s in m.subnets] == sorted(s["macs"] for s in m.subnets)
+    assert [s.macs for s in m.subnets] == sorted(s.macs for s in m.subnets)
     line = m.summary()
     assert "\n" not in line and "4 subnets" in line and "8 files verified" in line
 
@@ -108,8 +113,8 @@ def test_resize_mode_is_optional_in_schema_version_1(export_dir: Path, mode: str
     if mode is not None:
         doc["preprocessing"]["resize_mode"] = mode
     write_manifest(export_dir, doc)
-    assert load_manifest(export_dir).preprocessing.get("resize_mode") == mode
-    assert "resize_mode" not in load_manifest(GOLDEN).preprocessing
+    assert load_manifest(export_dir).preprocessing.resize_mode == mode
+    assert "resize_mode" not in load_manifest(GOLDEN).preprocessing.as_dict()
 
 
 def test_write_sorts_subnets_by_macs(export_dir: Path) -> None:
@@ -170,7 +175,8 @@ def test_update_manifest_rehashes_nothing(export_dir: Path,
         {"x [onnxruntime]": {"backend": "onnxruntime", "batch": 1, "p50_ms": 1.0,
                              "p90_ms": 1.0, "p99_ms": 1.0, "throughput_ips": 1000.0,
                              "power_mode": None, "measured": "2026-01-01T00:00:00Z"}}))
-    assert "x [onnxruntime]" in m.subnets[0]["latency"]
+    rec = m.subnets[0].latency["x [onnxruntime]"]
+    assert rec.backend == "onnxruntime" and rec.p90_at(1) == 1.0 and rec.p90_at(8) is None
 
 
 def test_file_entry(export_dir: Path, tmp_path: Path) -> None:
@@ -267,3 +273,41 @@ def test_verify_cli_reports_tamper(export_dir: Path) -> None:
 def test_verify_cli_missing_dir(tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["verify", str(tmp_path / "nope")])
     assert res.exit_code == 1 and "no manifest" in res.output
+
+
+def test_records_parse_engines_latency_and_selection_accuracy(export_dir: Path) -> None:
+    """Every reader goes through the typed records: engine, latency by batch, selection."""
+    def mutate(doc: dict) -> None:
+        sn = doc["subnets"][1]
+        sn["selection_accuracy"] = {"top1": 77.5, "source": "eval", "images": 10000}
+        sn["engines"].append({**sn["files"]["onnx"], "tensorrt_version": "10.3.0",
+                              "gpu_name": "Orin", "compute_capability": "8.7",
+                              "precision": "fp16", "dla_core": 1, "built": "2026-01-01",
+                              "layer_precisions": {"fp16": 3}, "max_batch": 1,
+                              "parity": {"passed": True, "top1_agreement": 1.0}})
+        sn["latency"]["Orin [tensorrt]"] = {
+            "device": "Orin", "backend": "tensorrt", "batch": 2, "p50_ms": 1.0, "p90_ms": 1.5,
+            "p99_ms": 2.0, "throughput_ips": 1.0, "power_mode": "MAXN", "measured": "x",
+            "by_batch": [{"batch": 1, "p50_ms": 0.5, "p90_ms": 0.75, "p99_ms": 1.0,
+                          "throughput_ips": 2.0}]}
+
+    m = update_manifest(export_dir, mutate)
+    sn = m.subnets[1]
+    assert sn.top1() == 77.5 and sn.selection_accuracy is not None
+    assert sn.selection_accuracy.source == "eval"
+    eng = sn.engines[0]
+    assert eng.dla_core == 1 and eng.path == sn.onnx.path and eng.layer_precisions == {"fp16": 3}
+    assert eng.parity is not None and eng.parity.passed and eng.max_batch == 1
+    lat = sn.latency["Orin [tensorrt]"]
+    assert lat.p90_at(2) == 1.5 and lat.p90_at(1) == 0.75 and lat.power_mode == "MAXN"
+    with pytest.raises(TypeError):
+        sn.files["x"] = sn.onnx  # type: ignore[index]  # records are read-only
+
+
+def test_wrongly_typed_field_is_a_manifest_error(export_dir: Path) -> None:
+    from export.manifest import parse_manifest
+
+    doc = _doc(export_dir)
+    doc["subnets"][0]["files"]["onnx"]["size"] = "many"   # the schema would refuse it too
+    with pytest.raises(ManifestError, match="wrong type"):
+        parse_manifest(doc, export_dir / MANIFEST_FILE)

@@ -17,11 +17,12 @@ from deploy_fixtures import PREPROCESSING, make_export, marker_of  # noqa: E402
 
 from export.errors import (  # noqa: E402
     BackendUnavailableError,
+    BudgetError,
     ExportError,
     ExportUsageError,
     ManifestError,
 )
-from export.manifest import file_entry, load_manifest, update_manifest  # noqa: E402
+from export.manifest import EngineRecord, file_entry, load_manifest, update_manifest  # noqa: E402
 from export.runtime import (  # noqa: E402
     EngineEnvironment,
     SubnetRuntime,
@@ -200,20 +201,28 @@ def test_batches_larger_than_max_batch_are_split(rt: SubnetRuntime) -> None:
     assert res.logits.shape == (19, 10)
 
 
-def test_select_budget_mflops(rt: SubnetRuntime) -> None:
-    macs = {s.id: s.mflops for s in rt.subnets}
-    choice = rt.select_budget(mflops=macs["w0.50-r16"] + 1e-6)
+def test_select_budget_mmacs(rt: SubnetRuntime) -> None:
+    macs = {s.id: s.mmacs for s in rt.subnets}
+    choice = rt.select_budget(mmacs=macs["w0.50-r16"] + 1e-6)
     assert choice.fits and choice.subnet_id == "w0.50-r16" == rt.current
     choice = rt.select_budget(mflops=1e6)
     assert choice.subnet_id == "w1.00-r16"
     # between two subnets: the most accurate that fits, not merely the largest
+    assert rt.choose_budget(mmacs=macs["w0.50-r12"]).subnet_id == "w0.50-r12"
+    # mflops= stays accepted as the deprecated alias of the same budget
     assert rt.choose_budget(mflops=macs["w0.50-r12"]).subnet_id == "w0.50-r12"
+    with pytest.raises(ExportUsageError, match="not both"):
+        rt.choose_budget(mmacs=1.0, mflops=1.0)
 
 
 def test_budget_below_smallest_selects_smallest_and_warns(rt: SubnetRuntime) -> None:
     with pytest.warns(UserWarning, match="below the smallest subnet w0.25-r12"):
         choice = rt.select_budget(mflops=1e-6)
     assert not choice.fits and rt.current == "w0.25-r12"
+    rt.select("w1.00-r16")
+    with pytest.raises(BudgetError, match="below the smallest subnet w0.25-r12"):
+        rt.select_budget(mmacs=1e-6, strict=True)
+    assert rt.current == "w1.00-r16"          # a refused budget changes nothing
     with pytest.raises(ExportUsageError, match="exactly one budget"):
         rt.select_budget()
     with pytest.raises(ExportUsageError, match="positive"):
@@ -242,9 +251,9 @@ def test_latency_budget_needs_profiling_then_works(fresh_export: Path) -> None:
     assert all(s.runs >= 10 and s.p50_ms <= s.p90_ms <= s.p99_ms for s in stats)
     assert {p: p.read_bytes() for p in fresh_export.rglob("*.onnx")} == before
     m = load_manifest(fresh_export)       # still verifies: nothing else changed
-    entry = next(iter(m.subnets[0]["latency"].values()))
-    assert entry["backend"] == "onnxruntime" and entry["batch"] == 1
-    assert [r["batch"] for r in entry["by_batch"]] == [1, 2]
+    entry = next(iter(m.subnets[0].latency.values()))
+    assert entry.backend == "onnxruntime" and entry.top.batch == 1
+    assert [r.batch for r in entry.by_batch] == [1, 2]
     with SubnetRuntime.load(fresh_export, threads=1) as rt2:
         lat = {s.id: s.latency_ms for s in rt2.subnets}
         assert all(v is not None and v > 0 for v in lat.values())
@@ -398,12 +407,12 @@ def test_tampered_files_are_rejected_at_load(fresh_export: Path) -> None:
 ENV = EngineEnvironment("10.3.0", "Orin", "8.7")
 
 
-def _record(**kw) -> dict:
+def _record(**kw) -> EngineRecord:
     rec = {"path": "engines/x.plan", "sha256": "0" * 64, "size": 1, "tensorrt_version": "10.3.0",
            "gpu_name": "Orin", "compute_capability": "8.7", "precision": "fp16",
            "dla_core": None, "built": "2026-01-01T00:00:00Z"}
     rec.update(kw)
-    return rec
+    return EngineRecord.parse(rec)
 
 
 def test_check_engine_record() -> None:
@@ -546,6 +555,42 @@ def test_run_cli_prints_labels(export_dir: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0 and f"{a}: thing3" in res.output
 
 
+def test_run_cli_takes_files_directories_and_globs_sorted_with_json(
+        export_dir: Path, tmp_path: Path) -> None:
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    for name in ("b.png", "a.png", "c.jpg"):
+        _png(pics / name, 16, 16)
+    (pics / "notes.txt").write_text("not an image")
+    single = _png(tmp_path / "z.png", 10, 10)
+    res = CliRunner().invoke(cli, ["run", str(export_dir), str(single), str(pics),
+                                   str(tmp_path / "pics" / "*.png"), "--subnet", "w0.50-r16",
+                                   "--json", "--top", "2", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    # argument order, each expansion sorted, each file once (the glob repeats a and b)
+    assert [Path(r["path"]).name for r in rows] == ["z.png", "a.png", "b.png", "c.jpg"]
+    for r in rows:
+        assert r["subnet"] == "w0.50-r16" and len(r["top"]) == 2
+        assert r["top"][0] == {"label": "bird", "index": 2, "probability": 1.0}
+    for args, message in (([str(tmp_path / "none*.png")], "no file matches"),
+                          ([str(tmp_path / "empty")], "holds no images")):
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        res = CliRunner().invoke(cli, ["run", str(export_dir), *args])
+        assert res.exit_code == 2 and message in res.output, res.output
+
+
+def test_run_cli_strict_budget_and_labels_count(export_dir: Path, tmp_path: Path) -> None:
+    a = _png(tmp_path / "a.png", 8, 8)
+    res = CliRunner().invoke(cli, ["run", str(export_dir), str(a), "--budget-mmacs", "1e-6",
+                                   "--strict"])
+    assert res.exit_code == 1 and "below the smallest subnet w0.25-r12" in res.output
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\n")
+    res = CliRunner().invoke(cli, ["run", str(export_dir), str(a), "--labels", str(labels)])
+    assert res.exit_code == 2 and "2 class names but the model predicts 10" in res.output
+
+
 def test_run_cli_bad_input(export_dir: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     res = runner.invoke(cli, ["run", str(export_dir), str(tmp_path / "missing.png")])
@@ -576,8 +621,10 @@ def test_profile_cli(fresh_export: Path) -> None:
                                    "--batch", "1", "--threads", "1"])
     assert res.exit_code == 0, res.output
     assert "p99 ms" in res.output and "w1.00-r16" in res.output
-    doc = json.loads((fresh_export / "manifest.json").read_text())
-    assert all(sn["latency"] for sn in doc["subnets"])
+    assert all(sn.latency for sn in load_manifest(fresh_export).subnets)
+    res = CliRunner().invoke(cli, ["profile", str(fresh_export), "--duration", "0.02",
+                                   "--batch", "1", "--no-progress"])
+    assert res.exit_code == 0 and "profile:" not in res.output   # no tqdm bar
     res = CliRunner().invoke(cli, ["profile", str(fresh_export), "--batch", "x"])
     assert res.exit_code == 2
 

@@ -17,15 +17,12 @@ from click.testing import CliRunner
 sys.path.insert(0, str(Path(__file__).parent / "data"))
 from deploy_fixtures import make_export, marker_of  # noqa: E402
 
+from export.backends.tensorrt import engine_relpath, trtexec_script  # noqa: E402
 from export.errors import BackendUnavailableError, ExportUsageError  # noqa: E402
 from export.manifest import load_manifest  # noqa: E402
+from export.parity_images import load_parity_images  # noqa: E402
 from export.profiles import load_profile, profile_from_dict  # noqa: E402
-from export.tensorrt_build import (  # noqa: E402
-    engine_parity,
-    engine_relpath,
-    load_parity_images,
-    trtexec_script,
-)
+from export.tensorrt_build import engine_parity  # noqa: E402
 from mutualnet.cli import cli  # noqa: E402
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -62,7 +59,8 @@ def test_dla_with_dynamic_batch_and_int8_are_refused_by_script_and_builder(
     engine or an --int8 line; both checks run before anything is written."""
     import dataclasses
 
-    from export.tensorrt_build import build_engines, check_buildable
+    from export.backends.tensorrt import check_buildable
+    from export.tensorrt_build import build_engines
 
     agx = load_profile("jetson-agx-orin")
     dynamic = dataclasses.replace(agx, max_batch=8)
@@ -118,20 +116,18 @@ def test_build_engines_without_tensorrt_writes_script_then_exits_1(export_dir: P
 @pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed here")
 def test_engine_runner_registers_lazily_and_build_engines_runs_without_torch(
         export_dir: Path) -> None:
-    """make_runner("tensorrt") imports the builder's runner on demand, and build-engines (the
+    """make_runner("tensorrt") imports the TensorRT backend on demand, and build-engines (the
     device side) reaches its 'tensorrt missing' exit with torch unimportable."""
     code = f"""
 import sys
 sys.modules['torch'] = None            # any 'import torch' now raises ImportError
 from export.errors import BackendUnavailableError
-from export.parity import _FACTORIES, make_runner
-assert 'tensorrt' not in _FACTORIES and 'export.tensorrt_build' not in sys.modules
+from export.backends import make_runner
+assert 'export.backends.tensorrt' not in sys.modules and 'tensorrt' not in sys.modules
 try:
     make_runner('tensorrt', {str(export_dir / "manifest.json")!r})
 except BackendUnavailableError as e:
     print('hint:', e)
-from export.tensorrt_build import EngineRunner
-assert _FACTORIES['tensorrt'] is EngineRunner
 from mutualnet.cli import main
 sys.argv = ['mutualnet', 'build-engines', {str(export_dir)!r}, '--profile', 'jetson-orin-nano']
 main()
@@ -156,6 +152,12 @@ class _FakeShared:
         self.allocations.append(nbytes)
         return 1000 + len(self.allocations)
 
+    def share_activations(self, runners: list) -> None:
+        self.activation_bytes = max(r.device_memory for r in runners)
+        self.activation_ptr = self.malloc(self.activation_bytes)
+        for r in runners:
+            r.attach(self.activation_ptr, self.activation_bytes)
+
     def close(self) -> None:
         self.closed = True
 
@@ -164,7 +166,7 @@ class _FakeTrtRunner:
     """Stands in for export.runtime's engine runner: logits = per-image mean, 3 classes."""
 
     def __init__(self, shared: _FakeShared, path: Path, resolution: int, classes: int,
-                 max_batch: int) -> None:
+                 max_batch: int, dla_core: int | None = None) -> None:
         self.shared, self.max_batch, self.device_memory = shared, max_batch, 4096
         self.calls: list[int] = []
         self.attached: tuple[int, int] | None = None
@@ -183,24 +185,24 @@ class _FakeTrtRunner:
 
 def test_engine_runner_splits_batches_and_frees_memory(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import export.tensorrt_build as tb
-    from export.parity import make_runner
+    import export.backends.tensorrt as bt
+    from export.backends import make_runner
 
-    monkeypatch.setattr(tb, "_TrtShared", _FakeShared)
-    monkeypatch.setattr(tb, "_TrtRunner", _FakeTrtRunner)
-    monkeypatch.setattr(tb, "_engine_io", lambda shared, path: (8, 3, 4))  # max batch 4
+    monkeypatch.setattr(bt, "TrtShared", _FakeShared)
+    monkeypatch.setattr(bt, "TrtRunner", _FakeTrtRunner)
+    monkeypatch.setattr(bt, "engine_io", lambda shared, path: (8, 3, 4))  # max batch 4
     engine = tmp_path / "w1.00-r8.fp16.plan"
     engine.write_bytes(b"engine")
     x = np.random.default_rng(0).standard_normal((10, 3, 8, 8)).astype(np.float32)
     with make_runner("tensorrt", engine) as runner:
-        assert isinstance(runner, tb.EngineRunner) and runner.name == "tensorrt"
-        out = runner(x)
+        assert isinstance(runner, bt.EngineRunner) and runner.name == "tensorrt"
+        out = runner.run(x)
         inner = runner._runner
         assert inner.calls == [4, 4, 2] and inner.attached == (1001, 4096)
         np.testing.assert_allclose(out[:, 0], x.mean(axis=(1, 2, 3)), rtol=1e-6)
     assert runner._shared.closed
     with make_runner("tensorrt", engine, max_batch=3) as small:
-        small(x)
+        small.run(x)
         assert small._runner.calls == [3, 3, 3, 1]
     with pytest.raises(ExportUsageError, match="does not exist"):
         make_runner("tensorrt", tmp_path / "missing.plan")
@@ -225,7 +227,7 @@ def test_engine_parity_fp16_gates() -> None:
     close = ref + np.float32(1e-3) * _logits(1000, 1)
     p = engine_parity(ref, close, labels, prof, "s")
     assert p.passed and p.top1_agreement >= 0.99 and abs(p.accuracy_drop_pt) < 0.5
-    d = p.to_dict()
+    d = p.manifest_entry()
     assert d["tolerance_that_passes"] == pytest.approx(p.max_abs_diff)
     assert 0 < d["tolerance_that_passes"] < 0.01
     assert d["agreement_that_passes"] == pytest.approx(p.top1_agreement)
@@ -235,7 +237,7 @@ def test_engine_parity_fp16_gates() -> None:
     p = engine_parity(ref, flipped, labels, prof, "s")
     assert not p.passed and p.top1_agreement < 0.99
     assert p.accuracy_drop_pt == pytest.approx(3.0, abs=0.11)
-    assert p.to_dict()["drop_that_passes_pt"] == pytest.approx(p.accuracy_drop_pt)
+    assert p.manifest_entry()["drop_that_passes_pt"] == pytest.approx(p.accuracy_drop_pt)
 
 
 def test_engine_parity_fp32_uses_elementwise_tolerance() -> None:
@@ -245,7 +247,7 @@ def test_engine_parity_fp32_uses_elementwise_tolerance() -> None:
     ref = _logits(50, 0)
     assert engine_parity(ref, ref + 5e-5, None, prof, "s").passed
     worse = engine_parity(ref, ref + 5e-4, None, prof, "s")
-    assert not worse.passed and worse.to_dict()["tolerance_that_passes"] == \
+    assert not worse.passed and worse.manifest_entry()["tolerance_that_passes"] == \
         pytest.approx(5e-4, rel=1e-3)
     assert worse.accuracy_drop_pt is None
 
@@ -282,7 +284,7 @@ def test_load_parity_images_shared_jpeg_format(tmp_path: Path) -> None:
 
 def test_read_parity_images_rejects_unreadable_files(tmp_path: Path,
                                                     export_dir: Path) -> None:
-    from export.tensorrt_build import read_parity_images
+    from export.parity_images import read_parity_images
 
     junk = tmp_path / "junk.npz"
     junk.write_bytes(bytes(range(256)) * 4)
@@ -302,7 +304,7 @@ def test_read_parity_images_rejects_unreadable_files(tmp_path: Path,
 # ------------------------------------------------------------------ layer datatypes
 
 def test_layer_precisions_from_inspector_json() -> None:
-    from export.tensorrt_build import layer_precisions
+    from export.backends.tensorrt import layer_precisions
 
     info = {"Layers": [
         {"Name": "in", "LayerType": "Reformat",
@@ -328,7 +330,7 @@ class _FakeTrt:
 
 def _store_parity_images(root: Path, n: int = 40, crop: int = 16) -> np.ndarray:
     from export.manifest import file_entry, update_manifest
-    from export.tensorrt_build import write_parity_images
+    from export.parity_images import write_parity_images
 
     imgs = np.random.default_rng(1).integers(0, 256, (n, crop, crop, 3), dtype=np.uint8)
     path = write_parity_images(root / "parity_images.npz", imgs, np.arange(n) % 10, crop=crop)
@@ -342,24 +344,22 @@ def _store_parity_images(root: Path, n: int = 40, crop: int = 16) -> np.ndarray:
 
 def _fake_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
     """Everything TensorRT would do, faked: 'engines' are placeholder files, and the
-    'tensorrt' runtime of engine parity is ONNX Runtime (so parity agrees exactly)."""
+    'tensorrt' runner of engine parity is ONNX Runtime (so parity agrees exactly)."""
     import export.tensorrt_build as tb
-    from export.runtime import SubnetRuntime
+    from export.backends.onnxruntime import OrtRunner
 
     def build_one(trt, major, onnx_path, engine_path, cache_path, profile, name, r):
         engine_path.parent.mkdir(parents=True, exist_ok=True)
         engine_path.write_bytes(b"placeholder engine " + onnx_path.read_bytes()[:64])
 
-    class OrtAsTrt:
-        @staticmethod
-        def load(root, backend="auto", device=None, **kw):
-            return SubnetRuntime.load(root, backend="onnxruntime", device="cpu", threads=1)
+    def ort_as_trt(manifest, sn, record):
+        return OrtRunner(manifest.file(sn.onnx), threads=1)
 
-    monkeypatch.setattr(tb, "_tensorrt", lambda: (_FakeTrt, 10))
-    monkeypatch.setattr(tb, "_gpu_identity", lambda index=0: ("Orin", "8.7"))
-    monkeypatch.setattr(tb, "_build_one", build_one)
+    monkeypatch.setattr(tb, "_tensorrt", lambda script: (_FakeTrt, 10))
+    monkeypatch.setattr(tb, "gpu_identity", lambda index=0: ("Orin", "8.7"))
+    monkeypatch.setattr(tb, "build_one", build_one)
     monkeypatch.setattr(tb, "engine_layer_precisions", lambda *a: {"fp16": 5, "fp32": 1})
-    monkeypatch.setattr(tb, "SubnetRuntime", OrtAsTrt)
+    monkeypatch.setattr(tb, "engine_runner", ort_as_trt)
 
 
 def test_build_engines_runs_parity_on_the_stored_images_by_default(
@@ -373,12 +373,12 @@ def test_build_engines_runs_parity_on_the_stored_images_by_default(
     assert res.output.count("PASS agreement 1.0000") == 4
     m = load_manifest(export_dir)            # engines and parity images verified
     for sn in m.subnets:
-        rec = sn["engines"][-1]
-        assert rec["precision"] == rec["precision_requested"] == "fp16"
-        assert rec["layer_precisions"] == {"fp16": 5, "fp32": 1}
-        assert rec["dla_core"] == 0 and rec["gpu_fallback"] is True
-        assert (rec["min_batch"], rec["opt_batch"], rec["max_batch"]) == (1, 1, 1)
-        assert sn["parity"]["tensorrt"]["passed"] and sn["parity"]["tensorrt"]["images"] == 30
+        rec = sn.engines[-1]
+        assert rec.precision == rec.precision_requested == "fp16"
+        assert rec.layer_precisions == {"fp16": 5, "fp32": 1}
+        assert rec.dla_core == 0 and rec.gpu_fallback is True
+        assert (rec.min_batch, rec.opt_batch, rec.max_batch) == (1, 1, 1)
+        assert sn.parity["tensorrt"].passed and sn.parity["tensorrt"].images == 30
 
 
 def test_build_engines_without_stored_images_says_parity_not_run(
@@ -389,13 +389,13 @@ def test_build_engines_without_stored_images_says_parity_not_run(
     report = build_engines(export_dir, "jetson-orin-nano", progress=False)
     assert report.parity == {} and report.parity_source is None
     assert "not run (no stored parity images; pass --images)" in describe(report)
-    rec = load_manifest(export_dir).subnets[0]["engines"][-1]
-    assert rec["dla_core"] is None and rec["gpu_fallback"] is False
+    rec = load_manifest(export_dir).subnets[0].engines[-1]
+    assert rec.dla_core is None and rec.gpu_fallback is False
 
 
 def test_stored_parity_images_must_match_the_crop(export_dir: Path) -> None:
     from export.errors import ExportError
-    from export.tensorrt_build import stored_parity_images
+    from export.parity_images import stored_parity_images
 
     _store_parity_images(export_dir, n=5, crop=12)       # the manifest's crop is 16
     with pytest.raises(ExportError, match="crop 16x16x3"):
@@ -405,7 +405,7 @@ def test_stored_parity_images_must_match_the_crop(export_dir: Path) -> None:
 # ------------------------------------------------------------------ FP16 ONNX (TensorRT 11)
 
 def test_fp16_conversion_keeps_io_types(export_dir: Path, tmp_path: Path) -> None:
-    from export.tensorrt_build import convert_onnx_fp16
+    from export.backends.tensorrt import convert_onnx_fp16
 
     src = export_dir / "subnets" / "w0.50-r16" / "model.onnx"
     if importlib.util.find_spec("onnxconverter_common") is None and \
@@ -455,12 +455,12 @@ def test_build_engines_and_run_them(export_dir: Path, tmp_path: Path, precision:
     assert report.passed, {k: v.to_dict() for k, v in report.parity.items()}
     m = load_manifest(export_dir)          # engines verified by checksum
     for sn in m.subnets:
-        rec = sn["engines"][-1]
-        assert rec["precision"] == precision and rec["compute_capability"].count(".") == 1
-        assert rec["precision_requested"] == precision
-        layers = rec["layer_precisions"]           # what the engine inspector reports
+        rec = sn.engines[-1]
+        assert rec.precision == precision and rec.compute_capability.count(".") == 1
+        assert rec.precision_requested == precision
+        layers = rec.layer_precisions              # what the engine inspector reports
         assert layers is None or (precision != "fp32" or "fp16" not in layers), layers
-        assert sn["parity"]["tensorrt"]["passed"]
+        assert sn.parity["tensorrt"].passed
     assert (tmp_path / "export" / "engines" / f"test-{precision}" / "timing.cache").is_file()
     with SubnetRuntime.load(export_dir, backend="tensorrt") as rt:
         assert rt.backend == "tensorrt"
@@ -476,7 +476,7 @@ def test_build_engines_and_run_them(export_dir: Path, tmp_path: Path, precision:
 @pytest.mark.tensorrt
 def test_make_runner_runs_built_engines(export_dir: Path, tmp_path: Path) -> None:
     """The parity hook runs the engines build-engines wrote, splitting large batches."""
-    from export.parity import make_runner
+    from export.backends import make_runner
     from export.tensorrt_build import build_engines
 
     report = build_engines(export_dir, str(_trt_profile(tmp_path, "fp32")), progress=False)
@@ -485,7 +485,7 @@ def test_make_runner_runs_built_engines(export_dir: Path, tmp_path: Path) -> Non
         r = int(sid.rsplit("-r", 1)[1])
         with make_runner("tensorrt", export_dir / rec["path"]) as runner:
             assert runner.max_batch == 8
-            logits = runner(x[:, :, :r, :r])
+            logits = runner.run(x[:, :, :r, :r])
         assert logits.shape == (20, 10) and (logits.argmax(1) == marker_of(IDS, sid)).all()
 
 
@@ -498,6 +498,229 @@ def test_profile_with_tensorrt(export_dir: Path, tmp_path: Path) -> None:
     stats = profile_manifest(export_dir, backend="tensorrt", duration_s=0.2, batches=[1],
                              progress=False)
     assert len(stats) == 4
-    doc = json.loads((export_dir / "manifest.json").read_text())
-    entry = next(iter(doc["subnets"][0]["latency"].values()))
-    assert entry["backend"] == "tensorrt"
+    entry = next(iter(load_manifest(export_dir).subnets[0].latency.values()))
+    assert entry.backend == "tensorrt" and entry.p90_at(1) is not None
+
+
+# ------------------------------------------------------------------ TensorRT details (fakes)
+# tests/data/fake_tensorrt.py stands in for tensorrt + cuda-python; each test below pins one
+# detail checked against NVIDIA's docs (the wording is in the code's comments).
+
+def test_layer_precisions_reads_tensorrt11_split_datatype_field() -> None:
+    """TensorRT 11 split "Format/Datatype" into "DataType" + "Format" (and replaced
+    "Bindings" with "I/O Tensors"); the 10.x reader counted nothing there."""
+    from export.backends.tensorrt import layer_precisions
+
+    info = {"I/O Tensors": [{"Name": "input", "IOMode": "Input", "DataType": "Float"}],
+            "Layers": [
+                {"Name": "in", "LayerType": "Reformat",
+                 "Outputs": [{"Name": "x", "DataType": "Half", "Format": "Channel major"}]},
+                {"Name": "conv1", "LayerType": "CaskConvolution",
+                 "Outputs": [{"Name": "c1", "DataType": "Half", "Format": "Channel major"}]},
+                {"Name": "conv2", "LayerType": "CaskConvolution",
+                 "Outputs": [{"Name": "c2", "DataType": "BFloat16", "Format": "Row major"}]},
+                {"Name": "fc", "LayerType": "CaskGemm",
+                 "Outputs": [{"Name": "logits", "DataType": "Float",
+                              "Format": "Row major linear FP32 format (kLINEAR)"}]}]}
+    assert layer_precisions(json.dumps(info)) == {"bf16": 1, "fp16": 1, "fp32": 1}
+
+
+def _many_subnets(root: Path, n: int) -> None:
+    """Grow the export to ``n`` subnets (extra widths at 12 px sharing one ONNX file)."""
+    from export.manifest import subnet_id, update_manifest
+
+    def mutate(doc: dict) -> None:
+        first = doc["subnets"][0]
+        extra = []
+        for i in range(n - len(doc["subnets"])):
+            w = round(0.26 + 0.01 * i, 2)
+            extra.append({**first, "id": subnet_id(w, 12), "width": w,
+                          "macs": first["macs"] + 1 + i})
+        doc["subnets"] = doc["subnets"][:1] + extra + doc["subnets"][1:]
+        doc["subnets"].sort(key=lambda s: s["macs"])
+
+    update_manifest(root, mutate)
+
+
+def test_dla_core_loads_at_most_16_engines(export_dir: Path) -> None:
+    """'Each DLA core can load at most 16 loadables': a DLA profile with more subnets is
+    refused before any build (exit 2, the limit in the message); a GPU profile is not."""
+    from export.backends.tensorrt import DLA_MAX_LOADABLES, check_buildable
+
+    agx = load_profile("jetson-agx-orin")
+    check_buildable(agx, DLA_MAX_LOADABLES)
+    with pytest.raises(ExportUsageError, match="at most 16"):
+        check_buildable(agx, DLA_MAX_LOADABLES + 1)
+    check_buildable(load_profile("jetson-agx-orin-gpu"), 100)
+    _many_subnets(export_dir, 17)
+    before = (export_dir / "manifest.json").read_bytes()
+    res = CliRunner().invoke(cli, ["build-engines", str(export_dir), "--profile",
+                                   "jetson-agx-orin"])
+    assert res.exit_code == 2 and "17 subnets on DLA core 0" in res.output, res.output
+    assert "at most 16" in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert not (export_dir / "build_engines.sh").exists()
+    assert (export_dir / "manifest.json").read_bytes() == before
+
+
+def test_runtime_sets_dla_core_and_selects_the_gpu_per_serving_thread(
+        export_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """IRuntime.DLA_core is set from the engine record before each engine is deserialized
+    (else an engine built for core 1 runs on core 0), and cudaSetDevice, which is per host
+    thread, is called by every thread that serves on cuda:N."""
+    import threading
+
+    import fake_tensorrt
+
+    from export.runtime import SubnetRuntime
+
+    trt = fake_tensorrt.install(monkeypatch)
+    fake_tensorrt.record_engines(export_dir, dla_core=1)
+    with SubnetRuntime.load(export_dir, backend="tensorrt", device="cuda:1") as rt:
+        assert rt.backend == "tensorrt" and rt.device == "cuda:1"
+        assert trt.deserialized_on_core == [1] * 4
+        main = threading.get_ident()
+        results: dict[str, str] = {}
+        alive = threading.Barrier(2)          # both alive at once: distinct thread ids
+
+        def serve(sid: str) -> None:
+            alive.wait(timeout=30)
+            results[sid] = rt.infer_tensor(np.zeros((2, 3, 16, 16), np.float32),
+                                           subnet=sid).subnet_id
+            alive.wait(timeout=30)
+
+        threads = [threading.Thread(target=serve, args=(sid,)) for sid in IDS[2:]]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results == {sid: sid for sid in IDS[2:]}
+        serving = {tid for tid, dev in trt.cuda.set_device if dev == 1 and tid != main}
+        assert len(serving) == 2                        # each serving thread set cuda:1
+        assert all(dev == 1 for _, dev in trt.cuda.set_device)
+        out = rt.infer_tensor(np.zeros((3, 3, 16, 16), np.float32), subnet="w1.00-r16")
+        assert (out.top1 == marker_of(IDS, "w1.00-r16")).all()
+
+
+def test_engine_runner_passes_the_dla_core(export_dir: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import fake_tensorrt
+
+    from export.backends import make_runner
+
+    trt = fake_tensorrt.install(monkeypatch)
+    path = export_dir / "e.plan"
+    path.write_bytes(fake_tensorrt.engine_bytes(8, 10, marker=3, max_batch=4))
+    with make_runner("tensorrt", path, dla_core=1) as runner:
+        assert runner.max_batch == 4
+        assert runner.run(np.zeros((10, 3, 8, 8), np.float32)).argmax(1).tolist() == [3] * 10
+    assert trt.deserialized_on_core[-1] == 1
+
+
+class _FakeBuilder:
+    """tensorrt.Builder and friends, enough for build_one; the timing cache is optional."""
+
+    def __init__(self, cache: object | None) -> None:
+        self.cache, self.flags, self.dla = cache, [], None
+
+    def create_network(self, flags: int) -> object:
+        return object()
+
+    def create_builder_config(self) -> _FakeBuilder:
+        return self
+
+    def set_memory_pool_limit(self, pool: object, size: int) -> None:
+        pass
+
+    def set_flag(self, flag: str) -> None:
+        self.flags.append(flag)
+
+    def create_timing_cache(self, data: bytes) -> object:
+        return object()
+
+    def set_timing_cache(self, cache: object, ignore_mismatch: bool) -> None:
+        pass
+
+    def create_optimization_profile(self) -> _FakeBuilder:
+        return self
+
+    def set_shape(self, *shapes: object) -> None:
+        pass
+
+    def add_optimization_profile(self, profile: object) -> None:
+        pass
+
+    def build_serialized_network(self, network: object, config: object) -> bytes:
+        return b"engine"
+
+    def get_timing_cache(self) -> object | None:
+        return self.cache
+
+
+def _fake_builder_trt(builder: _FakeBuilder) -> object:
+    import types
+
+    class Parser:
+        num_errors = 0
+
+        def __init__(self, network: object, logger: object) -> None:
+            pass
+
+        def parse(self, data: bytes) -> bool:
+            return True
+
+    class Logger:
+        WARNING = 0
+
+        def __init__(self, level: int = 0) -> None:
+            pass
+
+    ns = types.SimpleNamespace
+    return ns(Logger=Logger, Builder=lambda logger: builder,
+              NetworkDefinitionCreationFlag=ns(), OnnxParser=Parser,
+              MemoryPoolType=ns(WORKSPACE=0), BuilderFlag=ns(FP16="fp16",
+                                                             GPU_FALLBACK="gpu_fallback"),
+              ProfilingVerbosity=ns(DETAILED=2), DeviceType=ns(DLA="dla"))
+
+
+def test_build_survives_get_timing_cache_returning_none(tmp_path: Path) -> None:
+    """get_timing_cache() 'returns ... nullptr if no timing cache was set': after a good
+    build with a rejected cache (another device) the engine is kept, no cache is written."""
+    from export.backends.tensorrt import build_one
+
+    onnx_path, engine, cache = tmp_path / "m.onnx", tmp_path / "e.plan", tmp_path / "t.cache"
+    onnx_path.write_bytes(b"onnx")
+    cache.write_bytes(b"from another GPU")
+    builder = _FakeBuilder(cache=None)
+    with pytest.warns(UserWarning, match="no timing cache"):
+        build_one(_fake_builder_trt(builder), 10, onnx_path, engine, cache,
+                  load_profile("jetson-agx-orin"), "input", 16)
+    assert engine.read_bytes() == b"engine" and cache.read_bytes() == b"from another GPU"
+    assert builder.flags == ["fp16", "gpu_fallback"]
+
+    class Cache:
+        def serialize(self) -> bytes:
+            return b"new cache"
+
+    build_one(_fake_builder_trt(_FakeBuilder(Cache())), 10, onnx_path, engine, cache,
+              load_profile("server-a100"), "input", 16)
+    assert cache.read_bytes() == b"new cache"
+
+
+@pytest.mark.parametrize("version, wanted", [("10.3.0", "'cuda-python>=12,<13'"),
+                                             ("11.1.0", "'cuda-python>=13'")])
+def test_cuda_python_hint_follows_the_tensorrt_major(
+        monkeypatch: pytest.MonkeyPatch, version: str, wanted: str) -> None:
+    """TensorRT 10 (JetPack 6, CUDA 12) wants cuda-python 12; TensorRT 11 packages are CUDA 13,
+    and cuda-python's major follows CUDA's."""
+    import fake_tensorrt
+
+    from export.backends.tensorrt import cuda_python_requirement, import_cudart
+
+    assert cuda_python_requirement(int(version[:2])) == wanted
+    fake_tensorrt.install(monkeypatch, version)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", None)
+    monkeypatch.setitem(sys.modules, "cuda.cudart", None)
+    with pytest.raises(BackendUnavailableError) as err:
+        import_cudart()
+    assert f"pip install {wanted}" in str(err.value)

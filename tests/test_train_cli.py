@@ -71,10 +71,12 @@ def test_eval_best_and_test_only(tiny_checkpoint: Path, tmp_path: Path) -> None:
     code, text = run("best", ev / "eval.json", "--budget-mflops", "0.5", "--json")
     assert code == 0, text
     chosen = json.loads(text)
-    assert chosen["mflops"] <= 0.5
+    assert chosen["mmacs"] <= 0.5 and chosen["fits"] is True
     assert chosen["top1"] == max(p["top1"] for p in points if p["mflops"] <= 0.5)
-    code, text = run("best", ev, "--budget-mflops", "0.01")
-    assert code == 2 and "no subnet fits" in text
+    code, text = run("best", ev, "--budget-mmacs", "0.01", "--strict")
+    assert code == 1 and "below the smallest" in text
+    code, text = run("best", ev, "--budget-mmacs", "0.01")   # falls back, with a note
+    assert code == 0 and "note: budget 0.01 M MACs is below the smallest" in text
 
     out = tmp_path / "test_only"
     code, text = run("train", "--set", "test_only=true", "--set", f"pretrained={tiny_checkpoint}",

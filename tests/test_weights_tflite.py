@@ -281,7 +281,7 @@ def test_import_export_run_matches_the_interpreter_end_to_end(
             originals.append(np.asarray(im.convert("RGB")))
     assert len({a.shape for a in originals}) > 1  # not square, not resized beforehand
     with SubnetRuntime.load(export, backend="onnxruntime", threads=1) as runtime:
-        assert runtime.manifest.preprocessing["resize_mode"] == "stretch"
+        assert runtime.manifest.preprocessing.resize_mode == "stretch"
         assert (runtime.infer(originals).top1 + 1).tolist() == expected
     result = runner.invoke(cli, ["run", str(export), *(str(DATA / p) for p in PHOTOS)])
     assert result.exit_code == 0, result.output

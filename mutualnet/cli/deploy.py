@@ -1,13 +1,17 @@
-"""``mutualnet verify | build-engines | profile | run``: the device side of a manifest.
+"""``mutualnet verify | build-engines | profile | run | best``: the device side of an export.
 
-Thin commands over ``export.manifest``, ``export.tensorrt_build``, ``export.latency`` and
-``export.runtime`` (all torch-free); errors become one line and exit 1 (failure) / 2 (usage).
+Thin commands over ``export.manifest``, ``export.tensorrt_build``, ``export.latency``,
+``export.runtime`` and ``export.budget`` (all torch-free; ``best`` on a checkpoint or an
+eval.json reads the grid through ``mutualnet.evaluate``); errors become one line and exit 1
+(failure) / 2 (usage). Budgets everywhere go through ``export.budget.choose``.
 """
 
 from __future__ import annotations
 
+import glob
+import json
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +26,27 @@ ON_STALE = click.option(
     "--on-stale", type=click.Choice(["error", "fallback"]), default="error", show_default=True,
     help="Engines recorded for another GPU / TensorRT version (or missing): error (exit 1), "
          "or fallback = a note on stderr and ONNX Runtime instead.")
+PROGRESS = click.option("--progress/--no-progress", default=True, show_default=True,
+                        help="Progress bar on stderr.")
+BUDGET = click.option("--budget-mmacs", "--budget-mflops", "budget_mmacs", type=float,
+                      default=None, help="Compute budget in millions of MACs "
+                      "(--budget-mflops is the old name of the same option).")
+STRICT = click.option("--strict", is_flag=True,
+                      help="Refuse (exit 1) a budget below the smallest subnet instead of "
+                           "falling back to it with a note.")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
+                  ".pgm")
+
+
+def _default_threads() -> int:
+    from export.backends import default_threads
+
+    return default_threads()
+
+
+THREADS = click.option("--threads", type=click.IntRange(min=1), default=None,
+                       help="ONNX Runtime intra-op threads [default: the cores this process "
+                            "may use].")
 
 
 @contextmanager
@@ -48,7 +73,7 @@ def verify_cmd(directory: Path) -> None:
 
 
 @click.command("build-engines")
-@click.argument("manifest", type=click.Path(path_type=Path))
+@click.argument("export_dir", metavar="EXPORT_DIR", type=click.Path(path_type=Path))
 @click.option("--profile", "profile", default=None,
               help="Deploy profile name or .yml path [default: the manifest's profile].")
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
@@ -60,24 +85,27 @@ def verify_cmd(directory: Path) -> None:
               help="At most this many held-out images for engine parity.")
 @click.option("--record-only", is_flag=True,
               help="Do not build: record engines that build_engines.sh already wrote.")
-def build_engines_cmd(manifest: Path, profile: str | None, timing_cache: Path | None,
-                      images: Path | None, parity_images: int, record_only: bool) -> None:
-    """Build one TensorRT engine per subnet (TensorRT 10 or 11) and record them.
+@PROGRESS
+def build_engines_cmd(export_dir: Path, profile: str | None, timing_cache: Path | None,
+                      images: Path | None, parity_images: int, record_only: bool,
+                      progress: bool) -> None:
+    """Build one TensorRT engine per subnet of EXPORT_DIR (TensorRT 10 or 11), record them.
 
     Always writes build_engines.sh (equivalent trtexec lines) first; without the tensorrt
     package it stops there with exit 1 and an install hint. Engine parity runs on the
     held-out images the export stored (parity_images.npz) unless --images names others.
     """
-    from export.tensorrt_build import read_parity_images
+    from export.parity_images import read_parity_images
 
     data = read_parity_images(images, parity_images) if images is not None else None
-    build_and_report(manifest, profile, timing_cache=timing_cache, parity_data=data,
-                     parity_limit=parity_images, record_only=record_only)
+    build_and_report(export_dir, profile, timing_cache=timing_cache, parity_data=data,
+                     parity_limit=parity_images, record_only=record_only, progress=progress)
 
 
-def build_and_report(manifest: Path, profile: str | None, *, timing_cache: Path | None = None,
-                     parity_data: Any = None, parity_limit: int = 500,
-                     record_only: bool = False, progress: bool = True) -> None:
+def build_and_report(export_dir: Path, profile: str | None, *,
+                     timing_cache: Path | None = None, parity_data: Any = None,
+                     parity_limit: int = 500, record_only: bool = False,
+                     progress: bool = True) -> None:
     """``build-engines`` after the arguments are parsed (``export --engines`` reuses it).
 
     parity_data: ParityImages (or (images, labels)); None = the export's stored images."""
@@ -85,7 +113,7 @@ def build_and_report(manifest: Path, profile: str | None, *, timing_cache: Path 
     from export.tensorrt_build import build_engines, describe
 
     with _warnings_to_stderr():
-        report = build_engines(manifest, profile, timing_cache=timing_cache,
+        report = build_engines(export_dir, profile, timing_cache=timing_cache,
                                parity_data=parity_data, parity_limit=parity_limit,
                                record_only=record_only, progress=progress)
     click.echo(f"wrote {report.script}")
@@ -99,41 +127,47 @@ def build_and_report(manifest: Path, profile: str | None, *, timing_cache: Path 
                           "in the manifest (use precision fp32 or check the ONNX)")
 
 
+def _batch_sizes(text: str | None) -> list[int] | None:
+    from export.errors import ExportUsageError
+
+    if not text:
+        return None
+    try:
+        return [int(b) for b in text.split(",") if b.strip()]
+    except ValueError as e:
+        raise ExportUsageError(f"--batch expects a comma list of integers, got {text!r}") from e
+
+
 @click.command("profile")
-@click.argument("manifest", type=click.Path(path_type=Path))
+@click.argument("export_dir", metavar="EXPORT_DIR", type=click.Path(path_type=Path))
 @click.option("--backend", type=BACKEND, default="auto", show_default=True)
 @click.option("--device", default=None, help="cpu, cuda or cuda:N [default: a GPU if present].")
 @click.option("--duration", type=click.FloatRange(min=0.01), default=3.0, show_default=True,
               help="Seconds of timed runs per subnet and batch size (after a 200 ms warm-up).")
 @click.option("--batch", "batches", default=None,
               help="Comma list of batch sizes [default: the profile's min,opt,max].")
-@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
-              help="ONNX Runtime intra-op threads (0 = its default).")
+@THREADS
+@PROGRESS
 @ON_STALE
-def profile_cmd(manifest: Path, backend: str, device: str | None, duration: float,
-                batches: str | None, threads: int, on_stale: str) -> None:
+def profile_cmd(export_dir: Path, backend: str, device: str | None, duration: float,
+                batches: str | None, threads: int | None, progress: bool,
+                on_stale: str) -> None:
     """Measure every subnet trtexec-style and write p50/p90/p99 into the manifest."""
-    from export.errors import ExportUsageError
     from export.latency import profile_manifest
     from export.runtime import resolve_backend
 
-    sizes = None
-    if batches:
-        try:
-            sizes = [int(b) for b in batches.split(",") if b.strip()]
-        except ValueError as e:
-            raise ExportUsageError(f"--batch expects a comma list of integers, got {batches!r}") \
-                from e
+    sizes = _batch_sizes(batches)
     with _warnings_to_stderr():
-        backend = resolve_backend(manifest, backend, device, on_stale)
-        results = profile_manifest(manifest, backend=backend, device=device,
-                                   duration_s=duration, batches=sizes, threads=threads)
+        backend = resolve_backend(export_dir, backend, device, on_stale)
+        results = profile_manifest(export_dir, backend=backend, device=device,
+                                   duration_s=duration, batches=sizes,
+                                   threads=threads or _default_threads(), progress=progress)
     click.echo(f"{'subnet':<14} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
                f"{'img/s':>10} {'runs':>7}")
     for r in results:
         click.echo(f"{r.subnet_id:<14} {r.batch:>5} {r.p50_ms:>9.3f} {r.p90_ms:>9.3f} "
                    f"{r.p99_ms:>9.3f} {r.throughput_ips:>10.1f} {r.runs:>7}")
-    click.echo(f"latencies written to {Path(manifest)}")
+    click.echo(f"latencies written to {Path(export_dir)}")
 
 
 def _read_image(path: Path, max_pixels: int | None = None) -> np.ndarray:
@@ -159,53 +193,171 @@ def _read_labels(path: Path) -> list[str]:
     return names
 
 
+def _expand(arg: str) -> list[Path]:
+    """One IMAGES argument: a file, a directory (its images, sorted) or a glob (sorted)."""
+    from export.errors import ExportUsageError
+
+    path = Path(arg)
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir()
+                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise ExportUsageError(f"directory {arg} holds no images "
+                                   f"({', '.join(IMAGE_SUFFIXES)})")
+        return found
+    if path.exists() or not any(c in arg for c in "*?["):
+        return [path]
+    matches = sorted(Path(p) for p in glob.glob(arg, recursive=True) if Path(p).is_file())
+    if not matches:
+        raise ExportUsageError(f"no file matches {arg!r}")
+    return matches
+
+
+def image_paths(args: Sequence[str]) -> list[Path]:
+    """The image files IMAGES names, in argument order, each expansion sorted, no repeats."""
+    return list(dict.fromkeys(p for arg in args for p in _expand(arg)))
+
+
+def _check_labels(names: list[str], classes: int, path: Path) -> None:
+    from export.errors import ExportUsageError
+
+    if len(names) != classes:
+        raise ExportUsageError(f"--labels {path} has {len(names)} class names but the model "
+                               f"predicts {classes} classes; give one name per class, in "
+                               "order")
+
+
+def _select(rt: Any, subnet: str | None, mmacs: float | None, latency_ms: float | None,
+            strict: bool) -> None:
+    if subnet is not None:
+        rt.select(subnet)
+    elif mmacs is not None or latency_ms is not None:
+        rt.select_budget(mmacs=mmacs, latency_ms=latency_ms, strict=strict)
+
+
+def _print_results(paths: list[Path], result: Any, names: Sequence[str], top: int,
+                   as_json: bool) -> None:
+    probs = result.probabilities()
+    for path, p in zip(paths, probs, strict=True):
+        order = [int(i) for i in p.argsort()[::-1][:top]]
+        if as_json:
+            click.echo(json.dumps({"path": str(path), "subnet": result.subnet_id, "top": [
+                {"label": _name(names, i), "index": i, "probability": round(float(p[i]), 6)}
+                for i in order]}))
+        else:
+            click.echo(f"{path}: " + ", ".join(f"{_name(names, i)} ({p[i] * 100:.1f}%)"
+                                               for i in order))
+
+
+def _name(names: Sequence[str], i: int) -> str:
+    return names[i] if i < len(names) else f"class {i}"
+
+
 @click.command("run")
-@click.argument("manifest", type=click.Path(path_type=Path))
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--budget-mflops", type=float, default=None,
-              help="Use the most accurate subnet within this many million MACs.")
+@click.argument("export_dir", metavar="EXPORT_DIR", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True)
+@BUDGET
 @click.option("--latency-ms", type=float, default=None,
               help="Use the most accurate subnet whose measured p90 fits (needs `profile`).")
+@STRICT
 @click.option("--subnet", default=None, help="Use this subnet id (e.g. w0.50-r32).")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Text file, one class name per line [default: the manifest's].")
 @click.option("--top", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per image: path, subnet, top-k labels and probabilities.")
 @click.option("--backend", type=BACKEND, default="auto", show_default=True)
 @click.option("--device", default=None, help="cpu, cuda or cuda:N.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None,
               help="Refuse images over this many pixels (width x height), checked before "
                    "decoding [default: 50,000,000].")
+@THREADS
 @ON_STALE
-def run_cmd(manifest: Path, images: tuple[Path, ...], budget_mflops: float | None,
-            latency_ms: float | None, subnet: str | None, labels: Path | None, top: int,
-            backend: str, device: str | None, max_pixels: int | None, on_stale: str) -> None:
-    """Classify IMAGES with the subnet that fits the budget and print their labels."""
+def run_cmd(export_dir: Path, images: tuple[str, ...], budget_mmacs: float | None,
+            latency_ms: float | None, strict: bool, subnet: str | None, labels: Path | None,
+            top: int, as_json: bool, backend: str, device: str | None, max_pixels: int | None,
+            threads: int | None, on_stale: str) -> None:
+    """Classify IMAGES (files, directories of images, globs) with the subnet that fits."""
     from export.errors import ExportUsageError
     from export.runtime import SubnetRuntime
 
-    if sum(v is not None for v in (budget_mflops, latency_ms, subnet)) > 1:
-        raise ExportUsageError("give at most one of --budget-mflops, --latency-ms, --subnet")
+    if sum(v is not None for v in (budget_mmacs, latency_ms, subnet)) > 1:
+        raise ExportUsageError("give at most one of --budget-mmacs, --latency-ms, --subnet")
     names = _read_labels(labels) if labels is not None else None
-    pictures = [_read_image(p, max_pixels) for p in images]
+    paths = image_paths(images)
+    pictures = [_read_image(p, max_pixels) for p in paths]
     with _warnings_to_stderr():
-        rt = SubnetRuntime.load(manifest, backend=backend, device=device, on_stale=on_stale)
-        if subnet is not None:
-            rt.select(subnet)
-        elif budget_mflops is not None or latency_ms is not None:
-            rt.select_budget(mflops=budget_mflops, latency_ms=latency_ms)
-    names = names or list(rt.classes)
-    info = next(s for s in rt.subnets if s.id == rt.current)
-    click.echo(f"subnet {info.id} ({info.mflops:.4g} M MACs, {rt.backend} on {rt.device_name})",
-               err=True)
-    with _warnings_to_stderr():
-        result = rt.infer(pictures)
-    probs = result.probabilities()
-    for path, p in zip(images, probs, strict=True):
-        order = p.argsort()[::-1][:top]
-        text = ", ".join(f"{names[i] if i < len(names) else f'class {i}'} ({p[i] * 100:.1f}%)"
-                         for i in order)
-        click.echo(f"{path}: {text}")
-    rt.close()
+        rt = SubnetRuntime.load(export_dir, backend=backend, device=device, on_stale=on_stale,
+                                threads=threads or _default_threads())
+    with rt:
+        if names is not None:
+            _check_labels(names, rt.manifest.model.num_classes, labels or Path())
+        with _warnings_to_stderr():
+            _select(rt, subnet, budget_mmacs, latency_ms, strict)
+        info = next(s for s in rt.subnets if s.id == rt.current)
+        click.echo(f"subnet {info.id} ({info.mmacs:.4g} M MACs, {rt.backend} on "
+                   f"{rt.device_name})", err=True)
+        with _warnings_to_stderr():
+            result = rt.infer(pictures)
+        _print_results(paths, result, names or list(rt.classes), top, as_json)
 
 
-COMMANDS = (verify_cmd, build_engines_cmd, profile_cmd, run_cmd)
+def best_candidates(source: str, device: str | None) -> tuple[list[Any], dict[str, Any]]:
+    """The candidates ``best`` chooses among, and per id what to print: an export directory
+    (its manifest: the accuracy the export recorded for selection, the same ``run`` uses),
+    else an eval.json, a directory holding one, or a checkpoint (its grid, evaluated first
+    when the run has no eval/eval.json of this checkpoint)."""
+    from export.budget import candidates_from_manifest, candidates_from_points
+
+    if (Path(source) / "manifest.json").is_file():
+        from export.manifest import load_manifest
+
+        manifest = load_manifest(source, verify_files=False)
+        shown = {s.id: {"top5": None, "source": None if s.selection_accuracy is None
+                        else s.selection_accuracy.source} for s in manifest.subnets}
+        return candidates_from_manifest(manifest), shown
+    from ..evaluate import grid_for
+
+    _, points = grid_for(source, device=device)
+    return candidates_from_points(points), {p.id: {"top5": p.top5, "source": "eval"}
+                                            for p in points}
+
+
+@click.command("best")
+@click.argument("source")
+@BUDGET
+@STRICT
+@click.option("--json", "as_json", is_flag=True, help="Print the chosen point as JSON.")
+@click.option("--device", default=None, help="Device if the grid must be evaluated first.")
+def best_cmd(source: str, budget_mmacs: float | None, strict: bool, as_json: bool,
+             device: str | None) -> None:
+    """Print the most accurate (width, resolution) of SOURCE within --budget-mmacs.
+
+    SOURCE is an export directory (its manifest), an eval.json (or a directory holding one),
+    or a checkpoint: its run's eval/eval.json is used if present, else the grid is evaluated
+    first. The choice is the one `run` makes (export.budget.choose); below the smallest
+    point it falls back to the smallest with a note, or with --strict exits 1."""
+    from export.budget import choose
+    from export.errors import ExportUsageError
+
+    if budget_mmacs is None:
+        raise ExportUsageError("best needs --budget-mmacs X (millions of MACs)")
+    candidates, shown = best_candidates(source, device)
+    choice = choose(candidates, mmacs=budget_mmacs, strict=strict)
+    if not choice.fits:
+        click.echo(f"note: {choice.message}", err=True)
+    c = next(c for c in candidates if c.id == choice.subnet_id)
+    extra = shown[c.id]
+    if as_json:
+        click.echo(json.dumps({"id": c.id, "width": c.width, "resolution": c.resolution,
+                               "macs": c.macs, "mmacs": c.mmacs, "top1": c.accuracy,
+                               "top5": extra["top5"], "accuracy_source": extra["source"],
+                               "fits": choice.fits}))
+        return
+    top1 = "top-1 unknown" if c.accuracy is None else f"top-1 {c.accuracy:.2f}%"
+    top5 = "" if extra["top5"] is None else f", top-5 {extra['top5']:.2f}%"
+    click.echo(f"{c.id}: width {c.width:g}, resolution {c.resolution}, {c.mmacs:.3f} M MACs, "
+               f"{top1}{top5}")
+
+
+COMMANDS = (verify_cmd, build_engines_cmd, profile_cmd, run_cmd, best_cmd)

@@ -1,8 +1,8 @@
-"""``mutualnet train``, ``mutualnet eval`` and ``mutualnet best``: thin wrappers over the library."""
+"""``mutualnet train`` and ``mutualnet eval``: thin wrappers over the library (``best`` is in
+:mod:`mutualnet.cli.deploy`)."""
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -165,30 +165,4 @@ def eval_cmd(checkpoint: str, widths: list[float] | None, resolutions: list[int]
               label=label)
 
 
-@click.command("best")
-@click.argument("source")
-@click.option("--budget-mflops", type=float, required=True,
-              help="Computation budget in MFLOPs (millions of MACs).")
-@click.option("--json", "as_json", is_flag=True, help="Print the chosen point as JSON.")
-@click.option("--device", default=None, help="Device if the grid must be evaluated first.")
-def best_cmd(source: str, budget_mflops: float, as_json: bool, device: str | None) -> None:
-    """Print the most accurate (width, resolution) of SOURCE within --budget-mflops.
-
-    SOURCE is an eval.json (or a directory holding one), or a checkpoint: its run's
-    eval/eval.json is used if present, else the grid is evaluated first."""
-    from ..evaluate import best_within_budget, grid_for
-
-    if not budget_mflops > 0:
-        raise UsageError(f"--budget-mflops must be positive, got {budget_mflops}")
-    _, points = grid_for(source, device=device)
-    p = best_within_budget(points, budget_mflops)
-    if as_json:
-        click.echo(json.dumps({"id": p.id, "width": p.width, "resolution": p.resolution,
-                               "macs": p.macs, "mflops": p.mflops, "top1": p.top1,
-                               "top5": p.top5}))
-    else:
-        click.echo(f"{p.id}: width {p.width:g}, resolution {p.resolution}, "
-                   f"{p.mflops:.3f} MFLOPs, top-1 {p.top1:.2f}%, top-5 {p.top5:.2f}%")
-
-
-COMMANDS: list[Callable[..., Any]] = [train_cmd, eval_cmd, best_cmd]
+COMMANDS: list[Callable[..., Any]] = [train_cmd, eval_cmd]
