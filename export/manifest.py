@@ -24,6 +24,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .errors import ManifestError
+from .graph_identity import check_graph_identity
+from .jsonio import read_json
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -329,17 +331,12 @@ def check_files(root: Path, doc: dict[str, Any], *, source: str) -> None:
 def load_manifest(path_or_dir: str | os.PathLike[str], *, verify_files: bool = True) -> Manifest:
     """Load ``manifest.json`` (a path or its directory), validate schema, paths and checksums."""
     path = _manifest_path(path_or_dir)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise ManifestError(f"cannot read {path}: {e}") from e
-    except json.JSONDecodeError as e:
-        raise ManifestError(f"{path} is not valid JSON (line {e.lineno}: {e.msg}); it may be "
-                            "truncated: re-export it") from e
+    doc = read_json(path)  # size-capped, depth-limited, finite numbers (export.jsonio)
     validate_document(doc, source=str(path))
     root = path.parent
     if verify_files:
         check_files(root, doc, source=str(path))
+        check_graph_identity(doc, lambda rel: safe_path(root, rel), source=str(path))
     return Manifest(path=path.resolve(), root=root.resolve(), document=doc)
 
 

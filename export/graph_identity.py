@@ -1,0 +1,459 @@
+"""What an ONNX graph is, read from the graph itself: input, classes, MACs, parameters.
+
+A manifest names each subnet's ONNX file by path, sha256 and size. Those say that the
+file did not change since the manifest was (re)written, not which subnet the file holds:
+a w1.00-r24 model copied over w0.25-r24 with its hash updated used to be served as
+w0.25-r24. :func:`read_graph_identity` computes the identity from the graph alone (a
+shape walk over the nodes, never a run), :func:`graph_record` is what the export records
+per subnet (``"graph"`` in manifest.json), and :func:`check_graph_identity` (called by
+``load_manifest`` when it verifies files, so by ``mutualnet verify`` and
+``SubnetRuntime.load``) recomputes it for every subnet and refuses a mismatch.
+
+Counting follows ``mutualnet.flops`` so that the graph's numbers equal the manifest's
+analytic ``macs`` and ``params`` for an exported subnet:
+
+- MACs: Conv (``out_h * out_w * out_ch * k_h * k_w * in_ch / groups``, so grouped and
+  depthwise convs too), Gemm and MatMul (``in * out`` per row), average pooling
+  (AveragePool, GlobalAveragePool, ReduceMean: one per input element it averages).
+  Activations, additions, BN affines and max pooling count no MACs.
+- Parameters: Conv / Gemm / MatMul weights and Gemm biases; a Conv bias counts twice per
+  channel, because in an exported subnet it is a BatchNorm folded into the conv (its
+  scale and shift: mutualnet's models have bias-free convs, ``export.slicing`` gives a
+  conv a bias only when it folds a BN); per-channel constants of Mul / Add / Sub / Div
+  (an unfoldable BN kept as ``x * scale + shift``). Scalars are not parameters.
+
+Initializers are never converted to Python values: only their ``dims`` are read (small
+``Constant`` nodes such as Pad's pads are). ONNX metadata (``metadata_props``) keys that
+start with ``mutualnet.`` are returned too; the export writes the subnet's identity there.
+
+Torch-free: this module runs on the device (it needs the ``onnx`` package).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import BackendUnavailableError, ManifestError
+
+__all__ = ["META_PREFIX", "GraphIdentity", "check_graph_identity", "graph_record",
+           "identity_differences", "read_graph_identity"]
+
+META_PREFIX = "mutualnet."
+#: Parameters per channel of a Conv bias: a folded BatchNorm's scale and shift.
+FOLDED_BIAS_PARAMS = 2
+Dim = int | str
+Shape = tuple[Dim, ...]
+_UNARY = frozenset({"Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "LeakyRelu",
+                    "Elu", "Selu", "PRelu", "Softmax", "LogSoftmax", "Dropout", "Cast", "Neg",
+                    "Abs", "Exp", "Log", "Sqrt", "Erf", "Gelu", "Mish", "Softplus", "Identity"})
+_BINARY = frozenset({"Add", "Mul", "Sub", "Div", "Max", "Min", "Pow", "Sum"})
+_AFFINE = frozenset({"Add", "Mul", "Sub", "Div"})
+
+
+@dataclass(frozen=True)
+class GraphIdentity:
+    """What one ONNX graph is. ``input_shape`` keeps a symbolic batch dimension as text."""
+
+    input_name: str
+    input_shape: Shape
+    output_name: str
+    classes: int
+    macs: int
+    params: int
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def resolution(self) -> int | None:
+        """R of an ``[N, 3, R, R]`` input, else None."""
+        s = self.input_shape
+        ok = len(s) == 4 and s[1] == 3 and isinstance(s[2], int) and s[2] == s[3]
+        return int(s[2]) if ok else None
+
+    def record(self) -> dict[str, Any]:
+        """The manifest's ``graph`` record of a subnet."""
+        return {"input_name": self.input_name, "input_shape": list(self.input_shape),
+                "output_name": self.output_name, "classes": self.classes, "macs": self.macs,
+                "params": self.params}
+
+
+# ----------------------------------------------------------------------------- the walk
+
+class _Walk:
+    """Shapes, small constants and the running counts while visiting nodes in order."""
+
+    def __init__(self, graph: Any, source: str) -> None:
+        self.source = source
+        self.weights: dict[str, Shape] = {t.name: tuple(int(d) for d in t.dims)
+                                          for t in graph.initializer}
+        self.shapes: dict[str, Shape] = dict(self.weights)
+        self.values: dict[str, np.ndarray] = {}
+        self._small = {t.name: t for t in graph.initializer if _numel(tuple(t.dims)) <= 64}
+        self.macs = 0
+        self.params = 0
+
+    def fail(self, node: Any, why: str) -> ManifestError:
+        return ManifestError(f"{self.source}: cannot compute the graph identity at "
+                             f"{node.op_type} node {node.name or node.output[0]!r}: {why}; "
+                             "this is not a graph `mutualnet export` writes: re-export it")
+
+    def shape(self, node: Any, i: int) -> Shape:
+        if i >= len(node.input) or node.input[i] not in self.shapes:
+            raise self.fail(node, f"input {i} has no known shape")
+        return self.shapes[node.input[i]]
+
+    def value(self, node: Any, i: int) -> np.ndarray:
+        name = node.input[i] if i < len(node.input) else ""
+        if name not in self.values and name in self._small:
+            from onnx import numpy_helper
+
+            self.values[name] = numpy_helper.to_array(self._small[name])
+        if name not in self.values:
+            raise self.fail(node, f"input {i} is not a constant")
+        return self.values[name]
+
+    def spatial(self, node: Any, x: Shape) -> tuple[int, ...]:
+        dims = x[2:]
+        if len(x) < 3 or not all(isinstance(d, int) for d in dims):
+            raise self.fail(node, f"input shape {list(x)} has no static spatial size")
+        return tuple(int(d) for d in dims)
+
+
+def _numel(shape: Sequence[Dim]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d) if isinstance(d, int) else 1
+    return n
+
+
+def _attrs(node: Any) -> dict[str, Any]:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _broadcast(shapes: Iterable[Shape]) -> Shape:
+    rank = max(len(s) for s in shapes)
+    out: list[Dim] = []
+    for i in range(rank):
+        dims = [s[len(s) - rank + i] for s in shapes if len(s) - rank + i >= 0]
+        named = [d for d in dims if isinstance(d, str)]
+        ints = [d for d in dims if isinstance(d, int) and d != 1]
+        out.append(named[0] if named else (max(ints) if ints else 1))
+    return tuple(out)
+
+
+def _window(size: int, k: int, s: int, d: int, pad: int, ceil: bool = False) -> int:
+    span = size + pad - d * (k - 1) - 1
+    return (-(-span // s) if ceil else span // s) + 1
+
+
+def _pool_out(w: _Walk, node: Any, x: Shape, a: Mapping[str, Any],
+              kernel: Sequence[int]) -> Shape:
+    hw = w.spatial(node, x)
+    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        raise w.fail(node, "auto_pad is not supported; export with explicit pads")
+    n = len(hw)
+    strides = list(a.get("strides", [1] * n))
+    dil = list(a.get("dilations", [1] * n))
+    pads = list(a.get("pads", [0] * (2 * n)))
+    ceil = bool(a.get("ceil_mode", 0))
+    out = [_window(hw[i], kernel[i], strides[i], dil[i], pads[i] + pads[i + n], ceil)
+           for i in range(n)]
+    return (*x[:2], *out)
+
+
+def _conv(w: _Walk, node: Any) -> Shape:
+    x, k = w.shape(node, 0), w.shape(node, 1)
+    if node.input[1] not in w.weights:
+        raise w.fail(node, "its weight is not an initializer")
+    a = _attrs(node)
+    out = _pool_out(w, node, x, a, list(a.get("kernel_shape", k[2:])))
+    y = (x[0], k[0], *out[2:])
+    w.macs += _numel(y[1:]) * _numel(k[1:])
+    w.params += _numel(k)
+    if len(node.input) > 2 and node.input[2]:
+        w.params += FOLDED_BIAS_PARAMS * _numel(w.shape(node, 2))
+    return y
+
+
+def _gemm(w: _Walk, node: Any) -> Shape:
+    a, b = w.shape(node, 0), w.shape(node, 1)
+    at = _attrs(node)
+    if len(a) != 2 or len(b) != 2:
+        raise w.fail(node, "Gemm needs 2-d inputs")
+    k_in = a[0] if at.get("transA", 0) else a[1]
+    n_out = b[0] if at.get("transB", 0) else b[1]
+    w.macs += _numel((k_in, n_out))
+    w.params += _numel(b) if node.input[1] in w.weights else 0
+    if len(node.input) > 2 and node.input[2] in w.weights:
+        w.params += _numel(w.shape(node, 2))
+    return (a[1] if at.get("transA", 0) else a[0], n_out)
+
+
+def _matmul(w: _Walk, node: Any) -> Shape:
+    a, b = w.shape(node, 0), w.shape(node, 1)
+    if len(b) != 2 or len(a) < 2:
+        raise w.fail(node, "MatMul needs a 2-d weight and an input of rank >= 2")
+    w.macs += _numel(a[1:]) * _numel(b[1:])
+    w.params += _numel(b) if node.input[1] in w.weights else 0
+    return (*a[:-1], b[1])
+
+
+def _affine(w: _Walk, node: Any) -> Shape:
+    shapes = [w.shape(node, i) for i in range(len(node.input))]
+    for name, s in zip(node.input, shapes, strict=True):
+        if name in w.weights and _numel(s) > 1:
+            w.params += _numel(s)
+    return _broadcast(shapes)
+
+
+def _avgpool(w: _Walk, node: Any) -> Shape:
+    x = w.shape(node, 0)
+    a = _attrs(node)
+    y = _pool_out(w, node, x, a, list(a["kernel_shape"]))
+    w.macs += _numel(y[1:]) * _numel(a["kernel_shape"])
+    return y
+
+
+def _maxpool(w: _Walk, node: Any) -> Shape:
+    a = _attrs(node)
+    return _pool_out(w, node, w.shape(node, 0), a, list(a["kernel_shape"]))
+
+
+def _global_pool(w: _Walk, node: Any) -> Shape:
+    x = w.shape(node, 0)
+    if node.op_type == "GlobalAveragePool":
+        w.macs += _numel(x[1:])
+    return (*x[:2], *([1] * len(w.spatial(node, x))))
+
+
+def _reduce_mean(w: _Walk, node: Any) -> Shape:
+    x = w.shape(node, 0)
+    a = _attrs(node)
+    axes = a.get("axes") or (list(w.value(node, 1)) if len(node.input) > 1 else
+                             list(range(len(x))))
+    axes = sorted(int(i) % len(x) for i in axes)
+    if 0 in axes:
+        raise w.fail(node, "it reduces over the batch")
+    w.macs += _numel(x[1:])
+    keep = a.get("keepdims", 1)
+    return tuple((1 if i in axes else d) for i, d in enumerate(x) if keep or i not in axes)
+
+
+def _flatten(w: _Walk, node: Any) -> Shape:
+    x = w.shape(node, 0)
+    axis = int(_attrs(node).get("axis", 1)) % max(1, len(x))
+    return (x[0] if axis == 1 else _numel(x[:axis]), _numel(x[axis:]))
+
+
+def _reshape(w: _Walk, node: Any) -> Shape:
+    x, target = w.shape(node, 0), [int(v) for v in w.value(node, 1)]
+    out: list[Dim] = [x[i] if v == 0 else v for i, v in enumerate(target)]
+    if -1 in out:
+        i = out.index(-1)
+        known = _numel([d for j, d in enumerate(out) if j != i])
+        if not isinstance(x[0], str) or any(isinstance(d, str) for d in out):
+            out[i] = _numel(x) // max(1, known)
+        elif known == _numel(x):
+            out[i] = x[0]       # -1 stands for the (symbolic) batch
+        else:
+            raise w.fail(node, "it folds the batch into another dimension")
+    return tuple(out)
+
+
+def _unsqueeze(w: _Walk, node: Any) -> Shape:
+    x = w.shape(node, 0)
+    axes = _attrs(node).get("axes") or [int(v) for v in w.value(node, 1)]
+    out: list[Dim] = list(x)
+    if node.op_type == "Squeeze":
+        drop = {int(i) % len(x) for i in axes}
+        return tuple(d for i, d in enumerate(x) if i not in drop)
+    for i in sorted(int(i) % (len(x) + len(axes)) for i in axes):
+        out.insert(i, 1)
+    return tuple(out)
+
+
+def _pad(w: _Walk, node: Any) -> Shape:
+    x = w.shape(node, 0)
+    pads = _attrs(node).get("pads") or [int(v) for v in w.value(node, 1)]
+    n = len(x)
+    return tuple(d + pads[i] + pads[i + n] if isinstance(d, int) else d
+                 for i, d in enumerate(x))
+
+
+def _concat(w: _Walk, node: Any) -> Shape:
+    shapes = [w.shape(node, i) for i in range(len(node.input))]
+    axis = int(_attrs(node)["axis"]) % len(shapes[0])
+    total = sum(int(s[axis]) for s in shapes)
+    return (*shapes[0][:axis], total, *shapes[0][axis + 1:])
+
+
+def _transpose(w: _Walk, node: Any) -> Shape:
+    x = w.shape(node, 0)
+    perm = _attrs(node).get("perm") or list(reversed(range(len(x))))
+    return tuple(x[int(p)] for p in perm)
+
+
+_SHAPERS: dict[str, Callable[[_Walk, Any], Shape]] = {
+    "Conv": _conv, "Gemm": _gemm, "MatMul": _matmul, "AveragePool": _avgpool,
+    "MaxPool": _maxpool, "GlobalAveragePool": _global_pool, "GlobalMaxPool": _global_pool,
+    "ReduceMean": _reduce_mean, "Flatten": _flatten, "Reshape": _reshape, "Pad": _pad,
+    "Squeeze": _unsqueeze, "Unsqueeze": _unsqueeze, "Concat": _concat, "Transpose": _transpose,
+    **{op: _affine for op in _AFFINE},
+}
+
+
+def _visit(w: _Walk, node: Any) -> None:
+    op = node.op_type
+    if node.domain not in ("", "ai.onnx"):
+        raise w.fail(node, f"operator domain {node.domain!r} is not understood")
+    if op == "Constant":
+        from onnx import numpy_helper
+
+        value = _attrs(node).get("value")
+        if value is None:
+            raise w.fail(node, "only tensor constants are understood")
+        arr = numpy_helper.to_array(value)
+        w.values[node.output[0]] = arr
+        w.shapes[node.output[0]] = tuple(int(d) for d in arr.shape)
+        return
+    if op == "Identity":
+        src = node.input[0]
+        if src in w.weights:
+            w.weights[node.output[0]] = w.weights[src]
+        if src in w.values:
+            w.values[node.output[0]] = w.values[src]
+        w.shapes[node.output[0]] = w.shape(node, 0)
+        return
+    if op in _SHAPERS:
+        out = _SHAPERS[op](w, node)
+    elif op in _UNARY:
+        out = w.shape(node, 0)
+    elif op in _BINARY:
+        out = _broadcast([w.shape(node, i) for i in range(len(node.input))])
+    else:
+        raise w.fail(node, "the operator is not known to export/graph_identity.py")
+    w.shapes[node.output[0]] = out
+
+
+# ----------------------------------------------------------------------------- reading
+
+def _dims(value_info: Any) -> Shape:
+    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                 for d in value_info.type.tensor_type.shape.dim)
+
+
+def _load(path: Path) -> Any:
+    try:
+        import onnx
+    except ImportError as e:  # pragma: no cover - onnx is a dependency of the device side
+        raise BackendUnavailableError("checking ONNX graphs needs the onnx package: "
+                                      "`pip install onnx`") from e
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ManifestError(f"cannot read {path}: {e.strerror or e}") from None
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and friends
+        raise ManifestError(f"{path} is not an ONNX model ({type(e).__name__}); re-copy or "
+                            "re-export it") from None
+    if not model.graph.node:
+        raise ManifestError(f"{path} holds no ONNX graph; re-copy or re-export it")
+    return model
+
+
+def read_graph_identity(path: str | os.PathLike[str]) -> GraphIdentity:
+    """The identity of the ONNX graph in ``path`` (one input, one output: a classifier)."""
+    p = Path(path)
+    model = _load(p)
+    graph = model.graph
+    inputs = [i for i in graph.input if i.name not in {t.name for t in graph.initializer}]
+    if len(inputs) != 1 or len(graph.output) != 1:
+        raise ManifestError(f"{p}: expected one input and one output, got "
+                            f"{[i.name for i in inputs]} -> {[o.name for o in graph.output]}; "
+                            "this is not a subnet `mutualnet export` wrote")
+    walk = _Walk(graph, str(p))
+    walk.shapes[inputs[0].name] = _dims(inputs[0])
+    for node in graph.node:
+        _visit(walk, node)
+    out = walk.shapes.get(graph.output[0].name)
+    if out is None or len(out) != 2 or not isinstance(out[1], int):
+        raise ManifestError(f"{p}: output shape {out} is not [N, classes]; this is not a "
+                            "classifier `mutualnet export` wrote")
+    meta = {e.key: e.value for e in model.metadata_props if e.key.startswith(META_PREFIX)}
+    return GraphIdentity(inputs[0].name, _dims(inputs[0]), graph.output[0].name, int(out[1]),
+                         walk.macs, walk.params, meta)
+
+
+def graph_record(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``graph`` record the export writes into a subnet's manifest entry."""
+    return read_graph_identity(path).record()
+
+
+# ----------------------------------------------------------------------------- checking
+
+def _fmt_shape(shape: Sequence[Any]) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def identity_differences(sn: Mapping[str, Any], ident: GraphIdentity,
+                         num_classes: int) -> list[str]:
+    """What differs between a subnet entry of a manifest and the graph its ONNX file holds."""
+    diffs: list[str] = []
+    meta_id = ident.metadata.get(META_PREFIX + "subnet_id")
+    if meta_id is not None and meta_id != sn["id"]:
+        diffs.append(f"its ONNX metadata names subnet {meta_id}")
+    r = int(sn["resolution"])
+    if ident.resolution != r:
+        diffs.append(f"input {_fmt_shape(ident.input_shape)}, the entry's resolution is {r}")
+    if ident.input_name != sn["input"]["name"]:
+        diffs.append(f"input {ident.input_name!r}, the entry says {sn['input']['name']!r}")
+    if ident.classes != num_classes:
+        diffs.append(f"{ident.classes} output classes, the model has {num_classes}")
+    recorded = sn.get("graph")
+    if isinstance(recorded, Mapping):
+        now = ident.record()
+        for key, label in (("macs", "MACs"), ("params", "params"), ("output_name", "output")):
+            if recorded.get(key) != now[key]:
+                diffs.append(f"{label} {now[key]}, recorded {recorded.get(key)}")
+    return diffs
+
+
+def check_graph_identity(doc: Mapping[str, Any], resolve: Callable[[str], Path], *,
+                         source: str = "<manifest>") -> None:
+    """Recompute every subnet's graph identity and compare it with its manifest entry.
+
+    ``resolve`` maps a manifest-relative path to the file (``manifest.safe_path``). Raises
+    :class:`ManifestError` naming the subnet and what differs. A manifest written before
+    graph records existed is checked for what needs no record (metadata id, input
+    resolution, classes) and a warning says MACs and parameters were not compared.
+    """
+    model = doc["model"]
+    num_classes, names = int(model["num_classes"]), list(model["classes"])
+    if len(names) != num_classes:
+        raise ManifestError(f"{source}: model.classes lists {len(names)} names but the model "
+                            f"has {num_classes} classes; re-export, or fix the class list")
+    unrecorded = []
+    for sn in doc["subnets"]:
+        rel = sn["files"]["onnx"]["path"]
+        diffs = identity_differences(sn, read_graph_identity(resolve(rel)), num_classes)
+        if diffs:
+            raise ManifestError(f"{source}: subnet {sn['id']}: {rel} is not the graph the "
+                                f"manifest describes ({'; '.join(diffs)}): a stale or copied "
+                                "file; re-export, or copy the right model.onnx")
+        if "graph" not in sn:
+            unrecorded.append(sn["id"])
+    if unrecorded:
+        warnings.warn(f"{source} records no graph identity for {', '.join(unrecorded)} "
+                      "(written before graph records existed): their MACs and parameters "
+                      "were not compared with the ONNX graphs; re-export to record them",
+                      stacklevel=3)
