@@ -31,6 +31,7 @@ Torch-free: this module runs on the device (it needs the ``onnx`` package).
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -40,10 +41,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BackendUnavailableError, ManifestError
+from .errors import BackendUnavailableError, ExportError, ManifestError
 
 __all__ = ["META_PREFIX", "GraphIdentity", "check_graph_identity", "graph_record",
-           "identity_differences", "read_graph_identity"]
+           "identity_differences", "identity_metadata", "read_graph_identity", "record_graphs"]
 
 META_PREFIX = "mutualnet."
 #: Parameters per channel of a Conv bias: a folded BatchNorm's scale and shift.
@@ -399,19 +400,62 @@ def graph_record(path: str | os.PathLike[str]) -> dict[str, Any]:
     return read_graph_identity(path).record()
 
 
+# ----------------------------------------------------------------------------- export side
+
+def identity_metadata(*, subnet_id: str, width: float, resolution: int, model: str,
+                      classes: Sequence[str], preprocessing: Mapping[str, Any],
+                      checkpoint_sha256: str) -> dict[str, str]:
+    """The ``metadata_props`` the export writes into a subnet's model.onnx: who it is, so a
+    copied file still says so (``mutualnet.subnet_id``, ``.width``, ``.resolution``,
+    ``.model``, ``.num_classes``, ``.classes``, ``.preprocessing``,
+    ``.source_checkpoint_sha256``; lists and objects as JSON)."""
+    values: dict[str, Any] = {
+        "subnet_id": subnet_id, "width": repr(float(width)), "resolution": int(resolution),
+        "model": model, "num_classes": len(classes),
+        "classes": json.dumps(list(classes), ensure_ascii=False),
+        "preprocessing": json.dumps(dict(preprocessing), sort_keys=True),
+        "source_checkpoint_sha256": checkpoint_sha256,
+    }
+    return {META_PREFIX + k: str(v) for k, v in values.items()}
+
+
+def record_graphs(root: str | os.PathLike[str], doc: dict[str, Any]) -> None:
+    """Add the ``graph`` record to every subnet of the manifest document ``doc`` (files
+    relative to ``root``); ExportError if a graph contradicts its entry (so the export never
+    writes a manifest that ``verify`` refuses)."""
+    num_classes, names = int(doc["model"]["num_classes"]), doc["model"]["classes"]
+    if len(names) != num_classes:
+        raise ExportError(f"the checkpoint names {len(names)} classes but the model has "
+                          f"{num_classes} outputs; pass --data with the data the model was "
+                          "trained on")
+    for sn in doc["subnets"]:
+        ident = read_graph_identity(Path(root) / sn["files"]["onnx"]["path"])
+        diffs = identity_differences(sn, ident, num_classes=num_classes,
+                                     checkpoint_sha256=doc["source_checkpoint"]["sha256"])
+        if diffs:
+            raise ExportError(f"subnet {sn['id']}: the exported graph contradicts its "
+                              f"manifest entry ({'; '.join(diffs)}); this is a bug, please "
+                              "report it")
+        sn["graph"] = ident.record()
+
+
 # ----------------------------------------------------------------------------- checking
 
 def _fmt_shape(shape: Sequence[Any]) -> str:
     return "x".join(str(d) for d in shape)
 
 
-def identity_differences(sn: Mapping[str, Any], ident: GraphIdentity,
-                         num_classes: int) -> list[str]:
+def identity_differences(sn: Mapping[str, Any], ident: GraphIdentity, *, num_classes: int,
+                         checkpoint_sha256: str | None = None) -> list[str]:
     """What differs between a subnet entry of a manifest and the graph its ONNX file holds."""
     diffs: list[str] = []
     meta_id = ident.metadata.get(META_PREFIX + "subnet_id")
     if meta_id is not None and meta_id != sn["id"]:
         diffs.append(f"its ONNX metadata names subnet {meta_id}")
+    meta_sha = ident.metadata.get(META_PREFIX + "source_checkpoint_sha256")
+    if meta_sha is not None and checkpoint_sha256 is not None and meta_sha != checkpoint_sha256:
+        diffs.append(f"its ONNX metadata names checkpoint {meta_sha[:12]}..., the manifest "
+                     f"{checkpoint_sha256[:12]}...")
     r = int(sn["resolution"])
     if ident.resolution != r:
         diffs.append(f"input {_fmt_shape(ident.input_shape)}, the entry's resolution is {r}")
@@ -442,10 +486,12 @@ def check_graph_identity(doc: Mapping[str, Any], resolve: Callable[[str], Path],
     if len(names) != num_classes:
         raise ManifestError(f"{source}: model.classes lists {len(names)} names but the model "
                             f"has {num_classes} classes; re-export, or fix the class list")
+    sha = doc["source_checkpoint"]["sha256"]
     unrecorded = []
     for sn in doc["subnets"]:
         rel = sn["files"]["onnx"]["path"]
-        diffs = identity_differences(sn, read_graph_identity(resolve(rel)), num_classes)
+        diffs = identity_differences(sn, read_graph_identity(resolve(rel)),
+                                     num_classes=num_classes, checkpoint_sha256=sha)
         if diffs:
             raise ManifestError(f"{source}: subnet {sn['id']}: {rel} is not the graph the "
                                 f"manifest describes ({'; '.join(diffs)}): a stale or copied "
