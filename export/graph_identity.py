@@ -490,8 +490,11 @@ def check_graph_identity(doc: Mapping[str, Any], resolve: Callable[[str], Path],
     unrecorded = []
     for sn in doc["subnets"]:
         rel = sn["files"]["onnx"]["path"]
-        diffs = identity_differences(sn, read_graph_identity(resolve(rel)),
-                                     num_classes=num_classes, checkpoint_sha256=sha)
+        try:
+            ident = read_graph_identity(resolve(rel))
+        except ManifestError as e:
+            raise ManifestError(f"{source}: subnet {sn['id']}: {e}") from None
+        diffs = identity_differences(sn, ident, num_classes=num_classes, checkpoint_sha256=sha)
         if diffs:
             raise ManifestError(f"{source}: subnet {sn['id']}: {rel} is not the graph the "
                                 f"manifest describes ({'; '.join(diffs)}): a stale or copied "
