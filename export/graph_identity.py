@@ -95,7 +95,7 @@ class _Walk:
                                           for t in graph.initializer}
         self.shapes: dict[str, Shape] = dict(self.weights)
         self.values: dict[str, np.ndarray] = {}
-        self._small = {t.name: t for t in graph.initializer if _numel(tuple(t.dims)) <= 64}
+        self.small = {t.name: t for t in graph.initializer if _numel(tuple(t.dims)) <= 64}
         self.macs = 0
         self.params = 0
 
@@ -111,10 +111,10 @@ class _Walk:
 
     def value(self, node: Any, i: int) -> np.ndarray:
         name = node.input[i] if i < len(node.input) else ""
-        if name not in self.values and name in self._small:
+        if name not in self.values and name in self.small:
             from onnx import numpy_helper
 
-            self.values[name] = numpy_helper.to_array(self._small[name])
+            self.values[name] = numpy_helper.to_array(self.small[name])
         if name not in self.values:
             raise self.fail(node, f"input {i} is not a constant")
         return self.values[name]
@@ -316,21 +316,18 @@ def _visit(w: _Walk, node: Any) -> None:
     if node.domain not in ("", "ai.onnx"):
         raise w.fail(node, f"operator domain {node.domain!r} is not understood")
     if op == "Constant":
-        from onnx import numpy_helper
-
-        value = _attrs(node).get("value")
+        value = next((a.t for a in node.attribute if a.name == "value"), None)
         if value is None:
             raise w.fail(node, "only tensor constants are understood")
-        arr = numpy_helper.to_array(value)
-        w.values[node.output[0]] = arr
-        w.shapes[node.output[0]] = tuple(int(d) for d in arr.shape)
+        w.small[node.output[0]] = value      # converted only if a shape depends on it
+        w.shapes[node.output[0]] = tuple(int(d) for d in value.dims)
         return
     if op == "Identity":
         src = node.input[0]
         if src in w.weights:
             w.weights[node.output[0]] = w.weights[src]
-        if src in w.values:
-            w.values[node.output[0]] = w.values[src]
+        if src in w.small:
+            w.small[node.output[0]] = w.small[src]
         w.shapes[node.output[0]] = w.shape(node, 0)
         return
     if op in _SHAPERS:
