@@ -105,6 +105,27 @@ def _swap(src: str, dst: str, *, strip_metadata: bool = False,
     return mutate
 
 
+def _symlink_swap(root: Path) -> None:
+    """model.onnx of w0.50-r16 becomes a link to w1.00-r16's (inside the directory)."""
+    _onnx(root, "w0.50-r16").unlink()
+    _onnx(root, "w0.50-r16").symlink_to(_onnx(root, "w1.00-r16"))
+    _rehash(root, "w0.50-r16")
+
+
+def _unknown_op(root: Path) -> None:
+    model = onnx.load(str(_onnx(root, "w0.25-r12")))
+    for node in model.graph.node:
+        if node.op_type == "Relu":
+            node.op_type = "Swish"
+    _onnx(root, "w0.25-r12").write_bytes(model.SerializeToString())
+    _rehash(root, "w0.25-r12")
+
+
+def _manifest_to_dev_zero(root: Path) -> None:
+    (root / MANIFEST_FILE).unlink()
+    (root / MANIFEST_FILE).symlink_to("/dev/zero")
+
+
 def _other_checkpoint(root: Path) -> None:
     model = onnx.load(str(_onnx(root, "w0.50-r12")))
     for e in model.metadata_props:
@@ -202,6 +223,9 @@ KINDS: dict[str, tuple[Mutation, str]] = {
                           "names subnet w1.00-r16"),
     "swap_old_manifest_resolution": (_swap("w0.50-r16", "w0.50-r12", strip_metadata=True,
                                            drop_graph=True), "resolution is 12"),
+    "swap_by_symlink": (_symlink_swap, "names subnet w1.00-r16"),
+    "unknown_op_rehashed": (_unknown_op, "Swish node"),
+    "manifest_links_to_dev_zero": (_manifest_to_dev_zero, "no manifest"),
     "other_checkpoint": (_other_checkpoint, "names checkpoint 111111111111"),
     "graph_record_edited": (_hand_edit(_graph_macs), "MACs"),
     "not_onnx_rehashed": (_not_onnx, "not an ONNX model"),
