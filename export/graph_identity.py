@@ -22,16 +22,19 @@ analytic ``macs`` and ``params`` for an exported subnet:
   conv a bias only when it folds a BN); per-channel constants of Mul / Add / Sub / Div
   (an unfoldable BN kept as ``x * scale + shift``). Scalars are not parameters.
 
-Initializers are never converted to Python values: only their ``dims`` are read (small
-``Constant`` nodes such as Pad's pads are). ONNX metadata (``metadata_props``) keys that
-start with ``mutualnet.`` are returned too; the export writes the subnet's identity there.
+The file is read by :mod:`export.onnxproto` (protobuf's wire format, without the onnx
+package, whose import alone takes seconds on a small device): weights are skipped, only
+their ``dims`` are read (the values of small tensors such as Pad's pads are). ONNX
+metadata (``metadata_props``) keys that start with ``mutualnet.`` are returned too; the
+export writes the subnet's identity there.
 
-Torch-free: this module runs on the device (it needs the ``onnx`` package).
+Torch-free and onnx-free: this module runs on the device.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -41,7 +44,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BackendUnavailableError, ExportError, ManifestError
+from .errors import ExportError, ManifestError
+from .onnxproto import Graph, Node, ProtoError, parse_model
 
 __all__ = ["META_PREFIX", "GraphIdentity", "check_graph_identity", "graph_record",
            "identity_differences", "identity_metadata", "read_graph_identity", "record_graphs"]
@@ -89,37 +93,32 @@ class GraphIdentity:
 class _Walk:
     """Shapes, small constants and the running counts while visiting nodes in order."""
 
-    def __init__(self, graph: Any, source: str) -> None:
+    def __init__(self, graph: Graph, source: str) -> None:
         self.source = source
-        self.weights: dict[str, Shape] = {t.name: tuple(int(d) for d in t.dims)
-                                          for t in graph.initializer}
+        self.weights: dict[str, Shape] = {t.name: t.dims for t in graph.initializers}
         self.shapes: dict[str, Shape] = dict(self.weights)
-        self.values: dict[str, np.ndarray] = {}
-        self.small = {t.name: t for t in graph.initializer if _numel(tuple(t.dims)) <= 64}
+        self.values: dict[str, np.ndarray] = {t.name: t.value for t in graph.initializers
+                                              if t.value is not None}
         self.macs = 0
         self.params = 0
 
-    def fail(self, node: Any, why: str) -> ManifestError:
+    def fail(self, node: Node, why: str) -> ManifestError:
         return ManifestError(f"{self.source}: cannot compute the graph identity at "
-                             f"{node.op_type} node {node.name or node.output[0]!r}: {why}; "
+                             f"{node.op_type} node {node.name or node.outputs[0]!r}: {why}; "
                              "this is not a graph `mutualnet export` writes: re-export it")
 
-    def shape(self, node: Any, i: int) -> Shape:
-        if i >= len(node.input) or node.input[i] not in self.shapes:
+    def shape(self, node: Node, i: int) -> Shape:
+        if i >= len(node.inputs) or node.inputs[i] not in self.shapes:
             raise self.fail(node, f"input {i} has no known shape")
-        return self.shapes[node.input[i]]
+        return self.shapes[node.inputs[i]]
 
-    def value(self, node: Any, i: int) -> np.ndarray:
-        name = node.input[i] if i < len(node.input) else ""
-        if name not in self.values and name in self.small:
-            from onnx import numpy_helper
-
-            self.values[name] = numpy_helper.to_array(self.small[name])
+    def value(self, node: Node, i: int) -> np.ndarray:
+        name = node.inputs[i] if i < len(node.inputs) else ""
         if name not in self.values:
             raise self.fail(node, f"input {i} is not a constant")
         return self.values[name]
 
-    def spatial(self, node: Any, x: Shape) -> tuple[int, ...]:
+    def spatial(self, node: Node, x: Shape) -> tuple[int, ...]:
         dims = x[2:]
         if len(x) < 3 or not all(isinstance(d, int) for d in dims):
             raise self.fail(node, f"input shape {list(x)} has no static spatial size")
@@ -131,12 +130,6 @@ def _numel(shape: Sequence[Dim]) -> int:
     for d in shape:
         n *= int(d) if isinstance(d, int) else 1
     return n
-
-
-def _attrs(node: Any) -> dict[str, Any]:
-    from onnx import helper
-
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 def _broadcast(shapes: Iterable[Shape]) -> Shape:
@@ -155,10 +148,10 @@ def _window(size: int, k: int, s: int, d: int, pad: int, ceil: bool = False) -> 
     return (-(-span // s) if ceil else span // s) + 1
 
 
-def _pool_out(w: _Walk, node: Any, x: Shape, a: Mapping[str, Any],
+def _pool_out(w: _Walk, node: Node, x: Shape, a: Mapping[str, Any],
               kernel: Sequence[int]) -> Shape:
     hw = w.spatial(node, x)
-    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+    if a.get("auto_pad", "NOTSET") != "NOTSET":
         raise w.fail(node, "auto_pad is not supported; export with explicit pads")
     n = len(hw)
     strides = list(a.get("strides", [1] * n))
@@ -170,75 +163,75 @@ def _pool_out(w: _Walk, node: Any, x: Shape, a: Mapping[str, Any],
     return (*x[:2], *out)
 
 
-def _conv(w: _Walk, node: Any) -> Shape:
+def _conv(w: _Walk, node: Node) -> Shape:
     x, k = w.shape(node, 0), w.shape(node, 1)
-    if node.input[1] not in w.weights:
+    if node.inputs[1] not in w.weights:
         raise w.fail(node, "its weight is not an initializer")
-    a = _attrs(node)
+    a = node.attrs
     out = _pool_out(w, node, x, a, list(a.get("kernel_shape", k[2:])))
     y = (x[0], k[0], *out[2:])
     w.macs += _numel(y[1:]) * _numel(k[1:])
     w.params += _numel(k)
-    if len(node.input) > 2 and node.input[2]:
+    if len(node.inputs) > 2 and node.inputs[2]:
         w.params += FOLDED_BIAS_PARAMS * _numel(w.shape(node, 2))
     return y
 
 
-def _gemm(w: _Walk, node: Any) -> Shape:
+def _gemm(w: _Walk, node: Node) -> Shape:
     a, b = w.shape(node, 0), w.shape(node, 1)
-    at = _attrs(node)
+    at = node.attrs
     if len(a) != 2 or len(b) != 2:
         raise w.fail(node, "Gemm needs 2-d inputs")
     k_in = a[0] if at.get("transA", 0) else a[1]
     n_out = b[0] if at.get("transB", 0) else b[1]
     w.macs += _numel((k_in, n_out))
-    w.params += _numel(b) if node.input[1] in w.weights else 0
-    if len(node.input) > 2 and node.input[2] in w.weights:
+    w.params += _numel(b) if node.inputs[1] in w.weights else 0
+    if len(node.inputs) > 2 and node.inputs[2] in w.weights:
         w.params += _numel(w.shape(node, 2))
     return (a[1] if at.get("transA", 0) else a[0], n_out)
 
 
-def _matmul(w: _Walk, node: Any) -> Shape:
+def _matmul(w: _Walk, node: Node) -> Shape:
     a, b = w.shape(node, 0), w.shape(node, 1)
     if len(b) != 2 or len(a) < 2:
         raise w.fail(node, "MatMul needs a 2-d weight and an input of rank >= 2")
     w.macs += _numel(a[1:]) * _numel(b[1:])
-    w.params += _numel(b) if node.input[1] in w.weights else 0
+    w.params += _numel(b) if node.inputs[1] in w.weights else 0
     return (*a[:-1], b[1])
 
 
-def _affine(w: _Walk, node: Any) -> Shape:
-    shapes = [w.shape(node, i) for i in range(len(node.input))]
-    for name, s in zip(node.input, shapes, strict=True):
+def _affine(w: _Walk, node: Node) -> Shape:
+    shapes = [w.shape(node, i) for i in range(len(node.inputs))]
+    for name, s in zip(node.inputs, shapes, strict=True):
         if name in w.weights and _numel(s) > 1:
             w.params += _numel(s)
     return _broadcast(shapes)
 
 
-def _avgpool(w: _Walk, node: Any) -> Shape:
+def _avgpool(w: _Walk, node: Node) -> Shape:
     x = w.shape(node, 0)
-    a = _attrs(node)
+    a = node.attrs
     y = _pool_out(w, node, x, a, list(a["kernel_shape"]))
     w.macs += _numel(y[1:]) * _numel(a["kernel_shape"])
     return y
 
 
-def _maxpool(w: _Walk, node: Any) -> Shape:
-    a = _attrs(node)
+def _maxpool(w: _Walk, node: Node) -> Shape:
+    a = node.attrs
     return _pool_out(w, node, w.shape(node, 0), a, list(a["kernel_shape"]))
 
 
-def _global_pool(w: _Walk, node: Any) -> Shape:
+def _global_pool(w: _Walk, node: Node) -> Shape:
     x = w.shape(node, 0)
     if node.op_type == "GlobalAveragePool":
         w.macs += _numel(x[1:])
     return (*x[:2], *([1] * len(w.spatial(node, x))))
 
 
-def _reduce_mean(w: _Walk, node: Any) -> Shape:
+def _reduce_mean(w: _Walk, node: Node) -> Shape:
     x = w.shape(node, 0)
-    a = _attrs(node)
-    axes = a.get("axes") or (list(w.value(node, 1)) if len(node.input) > 1 else
+    a = node.attrs
+    axes = a.get("axes") or (list(w.value(node, 1)) if len(node.inputs) > 1 else
                              list(range(len(x))))
     axes = sorted(int(i) % len(x) for i in axes)
     if 0 in axes:
@@ -248,13 +241,13 @@ def _reduce_mean(w: _Walk, node: Any) -> Shape:
     return tuple((1 if i in axes else d) for i, d in enumerate(x) if keep or i not in axes)
 
 
-def _flatten(w: _Walk, node: Any) -> Shape:
+def _flatten(w: _Walk, node: Node) -> Shape:
     x = w.shape(node, 0)
-    axis = int(_attrs(node).get("axis", 1)) % max(1, len(x))
+    axis = int(node.attrs.get("axis", 1)) % max(1, len(x))
     return (x[0] if axis == 1 else _numel(x[:axis]), _numel(x[axis:]))
 
 
-def _reshape(w: _Walk, node: Any) -> Shape:
+def _reshape(w: _Walk, node: Node) -> Shape:
     x, target = w.shape(node, 0), [int(v) for v in w.value(node, 1)]
     out: list[Dim] = [x[i] if v == 0 else v for i, v in enumerate(target)]
     if -1 in out:
@@ -269,9 +262,9 @@ def _reshape(w: _Walk, node: Any) -> Shape:
     return tuple(out)
 
 
-def _unsqueeze(w: _Walk, node: Any) -> Shape:
+def _unsqueeze(w: _Walk, node: Node) -> Shape:
     x = w.shape(node, 0)
-    axes = _attrs(node).get("axes") or [int(v) for v in w.value(node, 1)]
+    axes = node.attrs.get("axes") or [int(v) for v in w.value(node, 1)]
     out: list[Dim] = list(x)
     if node.op_type == "Squeeze":
         drop = {int(i) % len(x) for i in axes}
@@ -281,24 +274,24 @@ def _unsqueeze(w: _Walk, node: Any) -> Shape:
     return tuple(out)
 
 
-def _pad(w: _Walk, node: Any) -> Shape:
+def _pad(w: _Walk, node: Node) -> Shape:
     x = w.shape(node, 0)
-    pads = _attrs(node).get("pads") or [int(v) for v in w.value(node, 1)]
+    pads = node.attrs.get("pads") or [int(v) for v in w.value(node, 1)]
     n = len(x)
     return tuple(d + pads[i] + pads[i + n] if isinstance(d, int) else d
                  for i, d in enumerate(x))
 
 
-def _concat(w: _Walk, node: Any) -> Shape:
-    shapes = [w.shape(node, i) for i in range(len(node.input))]
-    axis = int(_attrs(node)["axis"]) % len(shapes[0])
+def _concat(w: _Walk, node: Node) -> Shape:
+    shapes = [w.shape(node, i) for i in range(len(node.inputs))]
+    axis = int(node.attrs["axis"]) % len(shapes[0])
     total = sum(int(s[axis]) for s in shapes)
     return (*shapes[0][:axis], total, *shapes[0][axis + 1:])
 
 
-def _transpose(w: _Walk, node: Any) -> Shape:
+def _transpose(w: _Walk, node: Node) -> Shape:
     x = w.shape(node, 0)
-    perm = _attrs(node).get("perm") or list(reversed(range(len(x))))
+    perm = node.attrs.get("perm") or list(reversed(range(len(x))))
     return tuple(x[int(p)] for p in perm)
 
 
@@ -311,84 +304,78 @@ _SHAPERS: dict[str, Callable[[_Walk, Any], Shape]] = {
 }
 
 
-def _visit(w: _Walk, node: Any) -> None:
+def _visit(w: _Walk, node: Node) -> None:
     op = node.op_type
     if node.domain not in ("", "ai.onnx"):
         raise w.fail(node, f"operator domain {node.domain!r} is not understood")
     if op == "Constant":
-        value = next((a.t for a in node.attribute if a.name == "value"), None)
+        value = node.attrs.get("value")
         if value is None:
             raise w.fail(node, "only tensor constants are understood")
-        w.small[node.output[0]] = value      # converted only if a shape depends on it
-        w.shapes[node.output[0]] = tuple(int(d) for d in value.dims)
+        if value.value is not None:
+            w.values[node.outputs[0]] = value.value
+        w.shapes[node.outputs[0]] = value.dims
         return
     if op == "Identity":
-        src = node.input[0]
+        src, dst = node.inputs[0], node.outputs[0]
         if src in w.weights:
-            w.weights[node.output[0]] = w.weights[src]
-        if src in w.small:
-            w.small[node.output[0]] = w.small[src]
-        w.shapes[node.output[0]] = w.shape(node, 0)
+            w.weights[dst] = w.weights[src]
+        if src in w.values:
+            w.values[dst] = w.values[src]
+        w.shapes[dst] = w.shape(node, 0)
         return
     if op in _SHAPERS:
         out = _SHAPERS[op](w, node)
     elif op in _UNARY:
         out = w.shape(node, 0)
     elif op in _BINARY:
-        out = _broadcast([w.shape(node, i) for i in range(len(node.input))])
+        out = _broadcast([w.shape(node, i) for i in range(len(node.inputs))])
     else:
         raise w.fail(node, "the operator is not known to export/graph_identity.py")
-    w.shapes[node.output[0]] = out
+    w.shapes[node.outputs[0]] = out
 
 
 # ----------------------------------------------------------------------------- reading
 
-def _dims(value_info: Any) -> Shape:
-    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-                 for d in value_info.type.tensor_type.shape.dim)
-
-
-def _load(path: Path) -> Any:
+def _load(path: Path) -> tuple[Graph, dict[str, str]]:
+    """Parse ``path`` through a read-only mmap: the pages of the weights are never read."""
     try:
-        import onnx
-    except ImportError as e:  # pragma: no cover - onnx is a dependency of the device side
-        raise BackendUnavailableError("checking ONNX graphs needs the onnx package: "
-                                      "`pip install onnx`") from e
+        with open(path, "rb") as f:
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if \
+                os.fstat(f.fileno()).st_size else b""
+    except (OSError, ValueError) as e:
+        raise ManifestError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") \
+            from None
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ManifestError(f"cannot read {path}: {e.strerror or e}") from None
-    model = onnx.ModelProto()
-    try:
-        model.ParseFromString(data)
-    except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and friends
-        raise ManifestError(f"{path} is not an ONNX model ({type(e).__name__}); re-copy or "
-                            "re-export it") from None
-    if not model.graph.node:
+        model = parse_model(data)
+    except ProtoError as e:
+        raise ManifestError(f"{path} is not an ONNX model ({e}); re-copy or re-export it") \
+            from None
+    if not model.graph.nodes:
         raise ManifestError(f"{path} holds no ONNX graph; re-copy or re-export it")
-    return model
+    return model.graph, model.metadata
 
 
 def read_graph_identity(path: str | os.PathLike[str]) -> GraphIdentity:
     """The identity of the ONNX graph in ``path`` (one input, one output: a classifier)."""
     p = Path(path)
-    model = _load(p)
-    graph = model.graph
-    inputs = [i for i in graph.input if i.name not in {t.name for t in graph.initializer}]
-    if len(inputs) != 1 or len(graph.output) != 1:
+    graph, metadata = _load(p)
+    weights = {t.name for t in graph.initializers}
+    inputs = [i for i in graph.inputs if i.name not in weights]
+    if len(inputs) != 1 or len(graph.outputs) != 1:
         raise ManifestError(f"{p}: expected one input and one output, got "
-                            f"{[i.name for i in inputs]} -> {[o.name for o in graph.output]}; "
+                            f"{[i.name for i in inputs]} -> {[o.name for o in graph.outputs]}; "
                             "this is not a subnet `mutualnet export` wrote")
     walk = _Walk(graph, str(p))
-    walk.shapes[inputs[0].name] = _dims(inputs[0])
-    for node in graph.node:
+    walk.shapes[inputs[0].name] = inputs[0].shape
+    for node in graph.nodes:
         _visit(walk, node)
-    out = walk.shapes.get(graph.output[0].name)
+    out = walk.shapes.get(graph.outputs[0].name)
     if out is None or len(out) != 2 or not isinstance(out[1], int):
         raise ManifestError(f"{p}: output shape {out} is not [N, classes]; this is not a "
                             "classifier `mutualnet export` wrote")
-    meta = {e.key: e.value for e in model.metadata_props if e.key.startswith(META_PREFIX)}
-    return GraphIdentity(inputs[0].name, _dims(inputs[0]), graph.output[0].name, int(out[1]),
+    meta = {k: v for k, v in metadata.items() if k.startswith(META_PREFIX)}
+    return GraphIdentity(inputs[0].name, inputs[0].shape, graph.outputs[0].name, int(out[1]),
                          walk.macs, walk.params, meta)
 
 

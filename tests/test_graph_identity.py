@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,8 @@ from export.runtime import SubnetRuntime
 from export.slicing import slice_subnet
 from mutualnet.flops import count
 from mutualnet.models import create_model
+
+GOLDEN = Path(__file__).parent / "data" / "golden_manifest"
 
 
 def _random_bn(model: torch.nn.Module) -> None:
@@ -169,3 +173,53 @@ def test_a_swapped_model_is_refused_by_verify_and_load(tiny_export: Path, tmp_pa
     with pytest.raises(ManifestError, match="w0.25-r24"):
         SubnetRuntime.load(root, backend="onnxruntime", threads=1)
     load_manifest(root, verify_files=False)    # reading without verifying still works
+
+
+# ----------------------------------------------------------------- the wire-format reader
+def test_onnxproto_reads_what_the_onnx_package_reads(tmp_path: Path) -> None:
+    """export.onnxproto (no onnx import) against onnx.load on a real exported subnet."""
+    from onnx import helper as h
+
+    from export.onnxproto import parse_model
+
+    model = create_model("mobilenet_v1", padding="tf_same").eval()
+    _random_bn(model)
+    path = export_onnx(slice_subnet(model, 0.25, 96, model_kwargs={"padding": "tf_same"}).module,
+                       96, tmp_path / "m.onnx", metadata={"mutualnet.subnet_id": "w0.25-r96",
+                                                          "other": "ü"}).path
+    ref, got = onnx.load(str(path)), parse_model(path.read_bytes())
+    assert got.metadata == {"mutualnet.subnet_id": "w0.25-r96", "other": "ü"}
+    assert [(t.name, t.dims) for t in got.graph.initializers] == \
+        [(t.name, tuple(t.dims)) for t in ref.graph.initializer]
+    assert [(n.op_type, n.inputs, n.outputs) for n in got.graph.nodes] == \
+        [(n.op_type, tuple(n.input), tuple(n.output)) for n in ref.graph.node]
+    for mine, theirs in zip(got.graph.nodes, ref.graph.node, strict=True):
+        for a in theirs.attribute:
+            want = h.get_attribute_value(a)
+            if isinstance(want, onnx.TensorProto):
+                assert np.array_equal(mine.attrs[a.name].value, numpy_helper.to_array(want))
+            else:
+                want = want.decode() if isinstance(want, bytes) else want
+                assert mine.attrs[a.name] == pytest.approx(want), (theirs.name, a.name)
+    assert got.graph.inputs[0].shape == ("N", 3, 96, 96)
+
+
+def test_verify_needs_neither_torch_nor_onnx() -> None:
+    """`import onnx` takes seconds on a small device: the graph check never imports it."""
+    code = ("import sys; sys.modules['torch'] = sys.modules['onnx'] = None\n"
+            "from export.manifest import load_manifest\n"
+            f"print(len(load_manifest({str(GOLDEN)!r}).subnet_ids))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=Path(__file__).parents[1])
+    assert p.returncode == 0 and p.stdout.strip() == "2", p.stderr
+
+
+def test_truncated_or_foreign_bytes_are_not_a_model(tmp_path: Path) -> None:
+    data = (Path(__file__).parent / "data" / "golden_manifest" / "subnets" / "w0.25-r12" /
+            "model.onnx").read_bytes()
+    for i, bad in enumerate([data[: len(data) // 2], b"\x0a\xff\xff\xff\xff\x0f", b"",
+                             b"PK\x03\x04 a zip file"]):
+        path = tmp_path / f"{i}.onnx"
+        path.write_bytes(bad)
+        with pytest.raises(ManifestError, match="not an ONNX model|holds no ONNX graph"):
+            read_graph_identity(path)

@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DEVICE_SIDE = ("export/runtime.py", "export/manifest.py", "export/profiles.py",
                "export/errors.py", "export/latency.py", "export/budget.py",
-               "export/graph_identity.py", "export/jsonio.py")
+               "export/graph_identity.py", "export/jsonio.py", "export/onnxproto.py")
 
 
 def _imports(path: Path) -> set[str]:
@@ -51,7 +51,7 @@ def test_models_and_slimmable_know_no_data_or_training() -> None:
 def test_device_side_modules_import_with_torch_blocked() -> None:
     code = ("import sys; sys.modules['torch'] = None\n"
             "import export.runtime, export.manifest, export.profiles, export.latency, export.budget\n"
-            "import export.graph_identity, export.jsonio\n"
+            "import export.graph_identity, export.jsonio, export.onnxproto\n"
             "assert 'mutualnet' not in sys.modules, 'the device side imported mutualnet'\n"
             "print('ok')")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
