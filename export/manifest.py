@@ -25,6 +25,8 @@ from types import MappingProxyType
 from typing import Any
 
 from .errors import ManifestError
+from .graph_identity import check_graph_identity
+from .jsonio import read_json
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -631,20 +633,17 @@ def check_files(root: Path, doc: Mapping[str, Any], *, source: str) -> None:
 
 
 def read_document(path: Path) -> Any:
-    """The parsed JSON of ``path`` (the one place a manifest file is parsed)."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise ManifestError(f"cannot read {path}: {e}") from e
-    except json.JSONDecodeError as e:
-        raise ManifestError(f"{path} is not valid JSON (line {e.lineno}: {e.msg}); it may be "
-                            "truncated: re-export it") from e
+    """The parsed JSON of ``path`` (the one place a manifest file is parsed): size-capped,
+    depth-limited, finite numbers only (export.jsonio)."""
+    return read_json(path)
 
 
 def verify_manifest(manifest: Manifest) -> None:
     """Everything ``verify`` and ``SubnetRuntime.load`` check beyond the schema: every
     recorded file exists inside the directory with its recorded size and sha256."""
     check_files(manifest.root, manifest.document, source=str(manifest.path))
+    check_graph_identity(manifest.document, lambda rel: safe_path(manifest.root, rel),
+                         source=str(manifest.path))
 
 
 def load_manifest(path_or_dir: str | os.PathLike[str], *, verify_files: bool = True) -> Manifest:

@@ -21,6 +21,7 @@ import logging
 import os
 import warnings
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,11 +56,15 @@ class OnnxInfo:
 
 
 def export_onnx(model: nn.Module, resolution: int, path: str | os.PathLike[str], *,
-                exporter: str = DEFAULT_EXPORTER, opset: int = OPSET) -> OnnxInfo:
+                exporter: str = DEFAULT_EXPORTER, opset: int = OPSET,
+                metadata: Mapping[str, str] | None = None) -> OnnxInfo:
     """Export ``model`` (plain, eval mode) for ``resolution`` to ``path`` atomically, then check.
 
-    The file is written to a temporary name in the same directory and moved into place
-    only after :func:`check_graph` accepted it.
+    ``metadata`` goes into the model's ``metadata_props`` (the subnet's identity, see
+    :func:`export.graph_identity.identity_metadata`) before the file is checked and moved
+    into place, so a hash taken of ``path`` afterwards covers it. The file is written to a
+    temporary name in the same directory and moved into place only after
+    :func:`check_graph` accepted it.
     """
     if exporter not in EXPORTERS:
         raise ExportUsageError(f"unknown ONNX exporter {exporter!r}; use one of "
@@ -75,9 +80,24 @@ def export_onnx(model: nn.Module, resolution: int, path: str | os.PathLike[str],
             _export_torchscript(model, x, tmp, opset)
         else:
             _export_dynamo(model, x, tmp, opset)
+        if metadata:
+            write_metadata(tmp, metadata)
         ops, num_classes = check_graph(tmp, resolution)
         size = tmp.stat().st_size
     return OnnxInfo(out, resolution, num_classes, opset, exporter, ops, size)
+
+
+def write_metadata(path: str | os.PathLike[str], metadata: Mapping[str, str]) -> None:
+    """Set ``metadata`` (key -> text) in the ONNX file's ``metadata_props``, in place."""
+    import onnx
+
+    model = onnx.load(str(path))
+    keep = [e for e in model.metadata_props if e.key not in metadata]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=str(value))
+    onnx.save(model, str(path))
 
 
 def _export_torchscript(model: nn.Module, x: torch.Tensor, path: Path, opset: int) -> None:

@@ -46,6 +46,7 @@ from .backends import make_runner
 from .backends.onnxruntime import available_backends
 from .backends.tensorrt import check_buildable
 from .errors import ExportError, ExportUsageError
+from .graph_identity import identity_metadata, record_graphs
 from .manifest import SCHEMA_VERSION, file_entry, subnet_id, utc_now, write_manifest
 from .onnx_export import DEFAULT_EXPORTER, EXPORTERS, INPUT_NAME, OUTPUT_NAME, export_onnx
 from .parity import ParityGate, ParityResult, collect, compare, top1_percent
@@ -253,6 +254,7 @@ class _Context:
     calib_images: int
     classes: tuple[str, ...]
     data_spec: Any
+    identity: dict[str, Any] = field(default_factory=dict)  # identity_metadata's model part
 
 
 def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[str],
@@ -286,6 +288,8 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.Path
                      "change what they compute; pass --calib-images N to recalibrate anyway")
     ctx = _prepare(model, config, profile, options)
     classes = list(ckpt.classes or ctx.classes)
+    ctx.identity.update(model=config.model, classes=classes, checkpoint_sha256=ckpt.sha256,
+                        preprocessing=preprocessing(ctx.data_spec))
     out.parent.mkdir(parents=True, exist_ok=True)
     with _staging(out) as tmp:
         reports = [_export_one(ctx, tmp, w, r)
@@ -300,6 +304,7 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.Path
                          f"images (capped at {PARITY_IMAGES_MAX_BYTES >> 20} MB); engine "
                          "parity on the device uses those, or pass build-engines --images")
         doc = _manifest(config, model, classes, ckpt, profile, ctx, reports, files)
+        record_graphs(tmp, doc)  # each subnet's "graph" record, from its ONNX graph
         manifest = write_manifest(tmp, doc)
         _install(tmp, out, force=options.force)
     return ExportReport(out, out / manifest.name, tuple(reports),
@@ -386,7 +391,9 @@ def _export_one(ctx: _Context, tmp: Path, width: float, resolution: int) -> Subn
     sub_dir = tmp / SUBNETS_DIR / sid
     weights, arch = save_subnet(sliced, sub_dir)
     onnx_info = export_onnx(sliced.module, resolution, sub_dir / "model.onnx",
-                            exporter=opts.exporter)
+                            exporter=opts.exporter, metadata=identity_metadata(
+                                subnet_id=sid, width=width, resolution=resolution,
+                                **ctx.identity))
     t["save_and_onnx"], clock = _lap(clock)
     with torch.no_grad():
         batches = [resize_to(x, resolution).contiguous().numpy() for x in ctx.eval_x]

@@ -53,6 +53,7 @@ from .manifest import (
     load_manifest,
     update_manifest,
     utc_now,
+    verify_manifest,
 )
 from .parity import ParityGate, ParityResult, compare
 from .parity_images import ParityImages, as_parity_images, stored_parity_images
@@ -156,12 +157,13 @@ def build_engines(manifest_dir: str | os.PathLike[str],
     record_only: do not build, record engines that build_engines.sh already produced.
     Without tensorrt: BackendUnavailableError, after the script is written.
     """
-    manifest = load_manifest(manifest_dir)
+    manifest = load_manifest(manifest_dir, verify_files=False)  # cheap refusals first
     prof = _profile_for(manifest, profile)
     if prof.runtime != "tensorrt" or prof.tensorrt_major is None:
         raise ExportUsageError(f"deploy profile {prof.name} targets {prof.runtime}, not "
                                "TensorRT; pass --profile jetson-orin-nano, server-a100, ... ")
     check_buildable(prof, len(manifest.subnets))
+    verify_manifest(manifest)
     data = as_parity_images(parity_data) if parity_data is not None else \
         stored_parity_images(manifest, parity_limit)
     cache_rel = str(timing_cache) if timing_cache else timing_cache_relpath(prof)

@@ -15,7 +15,8 @@ DEVICE_SIDE = ("export/runtime.py", "export/manifest.py", "export/profiles.py",
                "export/preprocess.py",
                "export/controller.py", "export/parity.py", "export/parity_images.py",
                "export/tensorrt_build.py", "export/backends/__init__.py",
-               "export/backends/onnxruntime.py", "export/backends/tensorrt.py")
+               "export/backends/onnxruntime.py", "export/backends/tensorrt.py",
+               "export/graph_identity.py", "export/jsonio.py", "export/onnxproto.py")
 DEVICE_MODULES = ", ".join(p[:-3].replace("/", ".").removesuffix(".__init__")
                            for p in DEVICE_SIDE)
 

@@ -73,7 +73,7 @@ def test_golden_manifest_loads_and_verifies() -> None:
     assert m.preprocessing.crop == 16 and m.preprocessing.resize is None
     assert m.profile.name == "cpu" and m.profile.max_batch == 8
     sn = m.subnet("w0.25-r12")
-    assert sn.onnx.path == "subnets/w0.25-r12/model.onnx" and sn.onnx.size == 969
+    assert sn.onnx.path == "subnets/w0.25-r12/model.onnx" and sn.onnx.size == 1536
     assert sn.input.shape == ("N", 3, 12, 12) and sn.output.name == "logits"
     assert sn.accuracy["onnxruntime"].top1 == 40.0 and sn.parity["onnxruntime"].passed
     assert sn.top1() == 40.0 and sn.selection_accuracy is None and sn.engines == ()

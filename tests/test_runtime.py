@@ -378,8 +378,12 @@ def test_failing_subnet_is_reported_and_others_keep_serving(export_dir: Path) ->
 
 
 def test_subnet_failing_to_load_does_not_stop_the_others(fresh_export: Path) -> None:
+    import onnx
+
     bad = fresh_export / "subnets" / "w0.50-r12" / "model.onnx"
-    bad.write_bytes(b"this is not an onnx model")
+    model = onnx.load(str(bad))             # the graph verify checks, weights ORT refuses
+    model.graph.initializer[0].raw_data = model.graph.initializer[0].raw_data[:-4]
+    bad.write_bytes(model.SerializeToString())
 
     def rehash(doc: dict) -> None:          # a consistent manifest around a broken model
         doc["subnets"][1]["files"]["onnx"] = file_entry(fresh_export, bad)

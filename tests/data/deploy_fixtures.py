@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from export.graph_identity import identity_metadata, record_graphs
 from export.manifest import file_entry, subnet_id, write_manifest
 from export.profiles import load_profile
 
@@ -28,6 +29,8 @@ PREPROCESSING = {"resize": None, "crop": 16, "mean": [0.5, 0.5, 0.5], "std": [0.
 # (width, resolution, top1) of the default grid
 GRID = ((0.25, 12, 40.0), (0.5, 12, 50.0), (0.5, 16, 55.0), (1.0, 16, 65.0))
 MARKER = 1000.0
+MODEL = "tiny_test"
+CHECKPOINT_SHA256 = "0" * 64
 
 
 def channels(width: float) -> int:
@@ -40,8 +43,10 @@ def macs(width: float, resolution: int, num_classes: int = 10) -> int:
 
 
 def make_onnx(path: Path, width: float, resolution: int, marker: int, *,
-              num_classes: int = 10, seed: int = 0) -> None:
-    """Write a small real classifier ONNX (opset 17, dynamic batch) whose top-1 is ``marker``."""
+              num_classes: int = 10, seed: int = 0, metadata: dict[str, str] | None = None
+              ) -> None:
+    """Write a small real classifier ONNX (opset 17, dynamic batch) whose top-1 is ``marker``;
+    ``metadata`` goes into its metadata_props (as the export writes the subnet's identity)."""
     rng = np.random.default_rng(seed)
     c = channels(width)
     w = numpy_helper.from_array((rng.standard_normal((c, 3, 3, 3)) * 0.2).astype(np.float32), "w")
@@ -66,6 +71,8 @@ def make_onnx(path: Path, width: float, resolution: int, marker: int, *,
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
                               producer_name="mutualnet-tests")
     model.ir_version = 8
+    for key, value in (metadata or {}).items():
+        model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(model.SerializeToString())
@@ -95,24 +102,35 @@ def subnet_entry(root: Path, width: float, resolution: int, top1: float,
 
 
 def make_export(root: Path, grid: Sequence[tuple[float, int, float]] = GRID, *,
-                profile: str = "cpu", created: str = "2026-01-01T00:00:00Z") -> Path:
-    """Write a complete export directory (ONNX files + manifest.json); returns ``root``."""
+                profile: str = "cpu", created: str = "2026-01-01T00:00:00Z",
+                graph: bool = True) -> Path:
+    """Write a complete export directory (ONNX files + manifest.json); returns ``root``.
+
+    ``graph``: as the export does, write each subnet's identity into its model.onnx's
+    metadata and a ``graph`` record per subnet; False: a manifest from before those existed.
+    """
     root.mkdir(parents=True, exist_ok=True)
     order = sorted(grid, key=lambda g: macs(g[0], g[1]))
     subnets = []
     for marker, (w, r, top1) in enumerate(order):
-        make_onnx(root / "subnets" / subnet_id(w, r) / "model.onnx", w, r, marker, seed=marker)
+        meta = identity_metadata(subnet_id=subnet_id(w, r), width=w, resolution=r,
+                                 model=MODEL, classes=CLASSES, preprocessing=PREPROCESSING,
+                                 checkpoint_sha256=CHECKPOINT_SHA256) if graph else None
+        make_onnx(root / "subnets" / subnet_id(w, r) / "model.onnx", w, r, marker, seed=marker,
+                  metadata=meta)
         subnets.append(subnet_entry(root, w, r, top1))
     doc = {
         "schema_version": 1, "created": created, "generator": "mutualnet 0.1.0",
-        "model": {"name": "tiny_test", "num_classes": 10, "classes": CLASSES,
+        "model": {"name": MODEL, "num_classes": 10, "classes": CLASSES,
                   "width_range": [0.25, 1.0], "model_kwargs": {}},
-        "source_checkpoint": {"file": "checkpoint.safetensors", "sha256": "0" * 64},
+        "source_checkpoint": {"file": "checkpoint.safetensors", "sha256": CHECKPOINT_SHA256},
         "preprocessing": dict(PREPROCESSING),
         "profile": load_profile(profile).to_dict(),
         "selection": {"order": "macs", "policy": "most_accurate_within_budget"},
         "subnets": subnets,
     }
+    if graph:
+        record_graphs(root, doc)
     write_manifest(root, doc)
     return root
 
