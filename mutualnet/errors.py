@@ -37,3 +37,15 @@ class MissingDependencyError(MutualNetError):
 
 class TrainingDivergedError(MutualNetError):
     """The loss became NaN or infinite; the last good checkpoint was kept."""
+
+
+class Interrupted(MutualNetError):
+    """A signal (SIGTERM) stopped the command; temporary files were removed (exit 128+N)."""
+
+    def __init__(self, signum: int, message: str | None = None) -> None:
+        import signal
+
+        name = signal.Signals(signum).name
+        super().__init__(message or f"stopped by {name}; the partial output was removed")
+        self.signum = signum
+        self.exit_code = 128 + signum
