@@ -325,6 +325,7 @@ def load_checkpoint(path: str | os.PathLike[str], *,
     config = _config_from_meta(meta, f)
     model = build_model(config)
     state = _read_tensors(f, map_location)
+    _check_finite(state, f)
     _load_state(model, state, f, config)
     model.to(map_location)
     classes = tuple(json.loads(meta["classes"])) if "classes" in meta else None
@@ -343,6 +344,15 @@ def _read_tensors(f: Path, map_location: str | torch.device) -> dict[str, torch.
     except Exception as e:
         raise BadCheckpointError(f"{f}: cannot read the weights ({_first_line(e)}); the file is "
                                  "corrupt or truncated: re-run training or re-copy it") from None
+
+
+def _check_finite(state: Mapping[str, torch.Tensor], f: Path) -> None:
+    """Refuse weights with NaN/inf (a diverged or damaged run): they evaluate to chance."""
+    for k, v in state.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise BadCheckpointError(f"{f}: tensor {k!r} holds NaN or infinite values; these "
+                                     "weights cannot be evaluated or exported: use an earlier "
+                                     "checkpoint or retrain (e.g. with a lower lr)")
 
 
 def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], f: Path,

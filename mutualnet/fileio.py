@@ -73,13 +73,19 @@ def _describe_holder(path: Path) -> str:
         return "another process"
 
 
+class _LockFileReplaced(Exception):
+    """The lock file was removed or replaced between opening and locking it: try again."""
+
+
 @contextmanager
 def directory_lock(directory: str | os.PathLike[str], command: str) -> Iterator[Path]:
     """Hold an exclusive lock on ``directory`` (a run or export folder) for the ``with`` body.
 
     The lock file (:func:`lock_path`) names its holder: pid, host, ``command`` and since when.
     A second writer gets a :class:`~mutualnet.errors.UsageError` (exit 2) naming that holder;
-    a lock left by a killed process is released by the kernel and simply taken over.
+    a lock left by a killed process is released by the kernel and simply taken over. The
+    lock file is removed on release (a locker that opened it just before checks, once it
+    holds the lock, that the path is still its file, and else tries again).
     """
     from filelock import FileLock, Timeout
 
@@ -89,22 +95,36 @@ def directory_lock(directory: str | os.PathLike[str], command: str) -> Iterator[
     record = _holder_record(command)
 
     def claim(fd: int) -> None:
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            raise _LockFileReplaced
         os.ftruncate(fd, 0)
         os.pwrite(fd, record, 0)
 
     lock = FileLock(path, blocking=False, on_acquired=claim, fallback_to_soft=False)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise UsageError(f"{Path(directory)} is in use by {_describe_holder(path)}; wait for "
-                         f"it to finish or pick another --out (lock file {path})") from None
-    except OSError as e:
-        raise UsageError(f"cannot lock {Path(directory)} ({e.strerror or e}: {path}); check "
-                         "that its parent folder exists and is writable, or pick another "
-                         "--out") from None
+    for _attempt in range(20):
+        try:
+            lock.acquire()
+            break
+        except _LockFileReplaced:
+            continue
+        except Timeout:
+            raise UsageError(f"{Path(directory)} is in use by {_describe_holder(path)}; wait "
+                             f"for it to finish or pick another --out (lock file {path})") from None
+        except OSError as e:
+            raise UsageError(f"cannot lock {Path(directory)} ({e.strerror or e}: {path}); "
+                             "check that its parent folder exists and is writable, or pick "
+                             "another --out") from None
+    else:
+        raise UsageError(f"cannot lock {Path(directory)}: its lock file {path} keeps being "
+                         "replaced; stop the other writers and retry")
     try:
         yield path
     finally:
+        path.unlink(missing_ok=True)
         lock.release()
 
 

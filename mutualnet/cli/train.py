@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from ._params import FLOATS, INTS
+from ._params import FINITE, FLOATS, RESOLUTIONS
 
 
 @contextmanager
@@ -137,7 +137,7 @@ def _run_eval(checkpoint: str, *, widths: list[float] | None, resolutions: list[
 @click.argument("checkpoint")
 @click.option("--widths", type=FLOATS, default=None,
               help="Comma list of widths [default: width_mult_list or 4 spaced in the range].")
-@click.option("--resolutions", type=INTS, default=None,
+@click.option("--resolutions", type=RESOLUTIONS, default=None,
               help="Comma list of resolutions [default: the config's resolution_list].")
 @click.option("--data", default=None, metavar="DATASET[:ROOT]",
               help="Evaluate on other data, e.g. npz:/path/cifar10_jpeg.npz, cifar100:/data/c100, "
@@ -167,7 +167,7 @@ def eval_cmd(checkpoint: str, widths: list[float] | None, resolutions: list[int]
 
 @click.command("best")
 @click.argument("source")
-@click.option("--budget-mflops", type=float, required=True,
+@click.option("--budget-mflops", type=FINITE, required=True,
               help="Computation budget in MFLOPs (millions of MACs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the chosen point as JSON.")
 @click.option("--device", default=None, help="Device if the grid must be evaluated first.")
