@@ -332,6 +332,7 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.Path
     command = f"mutualnet export {weights}"
     with directory_lock(out, command), terminate_as_exception():
         remove_stale_staging(out)
+        check_output_dir(out, force=options.force, protect=(weights,))  # one may be back
         return _export_locked(weights, out, options, start)
 
 

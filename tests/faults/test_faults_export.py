@@ -27,7 +27,7 @@ def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForkingCli]:
     yield from forking_cli(tmp_path_factory)
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def base(tmp_path_factory: pytest.TempPathFactory, cli: ForkingCli) -> tuple[Path, Path]:
     """(a tiny run, an export of it with OLD_PAIRS); tests copy them before changing them."""
     root = tmp_path_factory.mktemp("faults_export")
     run = train_tiny(root / "run", epochs=1)
