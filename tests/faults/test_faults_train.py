@@ -65,6 +65,13 @@ def _check(cli: ForkingCli, work: Path, args: list[str | Path], code: int, conta
     (["--set", "batch_size=100000"], "larger than the training set"),
     (["--epochs", "0"], "0"),
     (["--set", "dataset=cifar100"], "root"),
+    (["--set", "batch_size=-1"], "batch_size must be >= 1"),
+    (["--set", "lr=.nan"], "lr must be a number"),
+    (["--set", "max_train_images=0"], "max_train_images"),
+    (["--set", "width_mult_range=[0, 1]"], "0 < min <= max"),
+    (["--set", "resolution_list=[]"], "non-empty list"),
+    (["--set", "model_kwargs={bogus: 1}"], "does not accept model_kwargs"),
+    (["--set", "num_classes=3"], "has 10 classes"),
 ], ids=lambda v: v if isinstance(v, str) else " ".join(v))
 def test_bad_config_or_flag(cli: ForkingCli, work: Path, extra: list[str], contains: str) -> None:
     _check(cli, work, ["train", "--out", work / "run", *TINY, *extra], 2, contains)
@@ -99,6 +106,9 @@ def test_cuda_without_a_gpu(cli: ForkingCli, work: Path) -> None:
     ["flops", "tiny_mobilenet", "--width", "nan"],  # issue 12
     ["flops", "tiny_mobilenet", "--resolution", "100000"],  # issue 12: printed 10380 G
     ["flops", "tiny_mobilenet", "--width", "a"],
+    ["flops", "tiny_mobilenet", "--width", "0"],
+    ["flops", "tiny_mobilenet", "--resolution", "0"],
+    ["import-weights", "nosuch.pth", "--model", "mobilenet_v2", "--out", "iw"],
     ["flops", "no_such_model"],
     ["best", "x.json", "--budget-mflops", "inf"],  # issue 12
     ["best", "x.json", "--budget-mflops", "-1"],
@@ -264,6 +274,8 @@ def test_eval_refuses_a_bad_checkpoint(cli: ForkingCli, work: Path, run1: Path, 
     (["--resolutions", "100000"], "2048"),  # issue 12
     (["--widths", "a,b"], "not a number"),
     (["--data", "npz:no/such.npz"], "not found"),
+    (["--widths", "0"], "positive"),
+    (["--limit", "0"], "--limit"),
 ], ids=lambda v: v if isinstance(v, str) else " ".join(v))
 def test_eval_bad_flags(cli: ForkingCli, work: Path, run1: Path, args: list[str], contains: str) -> None:
     _check(cli, work, ["eval", run1, "--out", work / "ev", "--quiet", *args], 2, contains)
