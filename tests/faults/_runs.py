@@ -38,9 +38,11 @@ def copy_run(run: Path, dest: Path) -> Path:
 
 
 def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment :func:`faultkit.run_cli` gives the command."""
+    """The environment :func:`faultkit.run_cli` gives the command. ``MUTUALNET_FAULTS_CODE``
+    (a checkout) runs the commands from there instead: to see which kinds fail on old code."""
+    code = os.environ.get("MUTUALNET_FAULTS_CODE", str(REPO))
     return {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        [code, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
         "OMP_NUM_THREADS": "1", **(extra or {})}
 
 
@@ -65,7 +67,8 @@ def hold_lock(directory: Path, command: str) -> subprocess.Popen[str]:
             f"with directory_lock({str(directory)!r}, {command!r}):\n"
             "    print('held', flush=True)\n    time.sleep(120)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], env=cli_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=directory.parent)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
     return proc
 
@@ -129,7 +132,8 @@ class ForkingCli:
     def __init__(self, scratch: Path) -> None:
         self.scratch = scratch
         self.proc = subprocess.Popen([sys.executable, "-c", _SERVER], env=cli_env(), text=True,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     cwd=scratch)  # not the checkout: `-c` puts cwd first
         assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
         self.count = 0
 
