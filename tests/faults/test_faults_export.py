@@ -189,3 +189,22 @@ def test_disk_full_while_staging(cli: ForkingCli, work: Path) -> None:
                 env={"MUTUALNET_FAULT": "export.staged:enospc"})
     assert_clean_failure(r, 1, contains="disk full", before=before, roots=[work])
     assert sorted(p.name for p in work.iterdir()) == ["deploy", "run"]
+
+
+def test_what_force_counts_as_the_exports_own(tmp_path: Path) -> None:
+    """The manifest's files and engines, the manifest, build_engines.sh and the files beside
+    a listed engine (its timing cache); anything else is foreign."""
+    import json
+
+    from export.pipeline import files_not_in_manifest
+
+    doc = {"files": {"parity_md": {"path": "parity.md"}},
+           "subnets": [{"files": {"onnx": {"path": "subnets/a/model.onnx"}},
+                        "engines": [{"path": "engines/orin/a.fp16.plan"}]}]}
+    (tmp_path / "manifest.json").write_text(json.dumps(doc))
+    for rel in ("parity.md", "subnets/a/model.onnx", "engines/orin/a.fp16.plan",
+                "engines/orin/timing.cache", "build_engines.sh", "subnets/a/notes.txt",
+                "photo.jpg"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x")
+    assert files_not_in_manifest(tmp_path) == ["photo.jpg", "subnets/a/notes.txt"]
