@@ -37,3 +37,13 @@ class BackendUnavailableError(ExportError):
 
 class BudgetError(ExportError):
     """No subnet fits a budget and the caller asked to refuse rather than fall back."""
+
+
+def reason(error: BaseException) -> str:
+    """The first line of a library's error, for our own message; never numpy's advice to
+    load with allow_pickle (that runs the file's code). Twin of ``mutualnet.errors.reason``
+    (the device side may not import mutualnet)."""
+    text = (str(error).strip() or type(error).__name__).splitlines()[0]
+    if any(w in text.lower() for w in ("weights_only", "weights only", "allow_pickle", "pickle")):
+        return "it holds pickled Python objects, which are never loaded (they could run code)"
+    return text

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BackendUnavailableError, ExportError, ExportUsageError
+from .errors import BackendUnavailableError, ExportError, ExportUsageError, reason
 from .manifest import Manifest, atomic_write_bytes
 
 PARITY_IMAGES_KEY = "parity_images"        # key in the manifest's top-level "files"
@@ -81,7 +81,7 @@ def _open_npz(p: Path) -> Any:
             raise ExportUsageError(f"{p} is not an .npz file (numpy's zip format); {hint}")
         return np.load(p, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise ExportUsageError(f"{p} is not a readable .npz of images ({e}); {hint}") from e
+        raise ExportUsageError(f"{p} is not a readable .npz of images ({reason(e)}); {hint}") from None
 
 
 def read_parity_images(path: str | os.PathLike[str], limit: int = 500,
@@ -111,7 +111,7 @@ def read_parity_images(path: str | os.PathLike[str], limit: int = 500,
                                        "format")
             jpeg, off, labels = z[key], z[f"{split}_offsets"], z[f"{split}_labels"]
         except (KeyError, ValueError, OSError, zipfile.BadZipFile) as e:
-            raise ExportUsageError(f"{p}: cannot read the parity images ({e})") from e
+            raise ExportUsageError(f"{p}: cannot read the parity images ({reason(e)})") from None
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError as e:

@@ -25,6 +25,7 @@ print(report.table)
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import errno
 import json
@@ -41,6 +42,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mutualnet.config import MAX_RESOLUTION
+from mutualnet.fileio import directory_lock, fault_point, terminate_as_exception
 
 from .backends import make_runner
 from .backends.onnxruntime import available_backends
@@ -135,14 +139,58 @@ class ExportReport:
 
 
 # --------------------------------------------------------------------------- validation
-def check_output_dir(out: Path, *, force: bool) -> None:
-    """Usage error for an existing non-empty ``out`` without ``force`` (or a file there)."""
+def check_output_dir(out: Path, *, force: bool, protect: Sequence[Path] = ()) -> None:
+    """Usage error unless ``out`` may receive an export: absent, empty, or (with ``force``) a
+    previous export whose manifest lists every file in it. ``out`` may never be or contain a
+    path in ``protect`` (the checkpoint being exported), ``force`` or not."""
     if out.exists() and not out.is_dir():
         raise ExportUsageError(f"output path {out} exists and is not a directory; pick "
                                "another --out")
-    if out.is_dir() and any(out.iterdir()) and not force:
+    resolved = out.resolve()
+    for p in protect:
+        if resolved == p.resolve() or resolved in p.resolve().parents:
+            raise ExportUsageError(f"--out {out} holds {p}, the checkpoint being exported; "
+                                   "pick another --out (the default is RUN/export)")
+    if not (out.is_dir() and any(out.iterdir())):
+        return
+    if not force:
         raise ExportUsageError(f"output directory {out} exists and is not empty; pass "
-                               "--force to replace it or pick another --out")
+                               "--force to replace a previous export there or pick another --out")
+    foreign = files_not_in_manifest(out)
+    if foreign:
+        raise ExportUsageError(f"--force replaces only a previous export, and {out} holds "
+                               f"{len(foreign)} file(s) its manifest.json does not list (e.g. "
+                               f"{foreign[0]}); move them away or pick another --out")
+
+
+def files_not_in_manifest(out: Path) -> list[str]:
+    """Files under ``out`` that its manifest.json did not write (posix paths relative to
+    ``out``): all but the manifest, what it lists, build_engines.sh and the files beside a
+    listed engine (its timing cache). No readable manifest: a usage error."""
+    try:
+        doc = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        raise ExportUsageError(f"--force replaces only a previous export, and {out} has no "
+                               "readable manifest.json; pick another --out or empty it "
+                               "yourself") from None
+    listed = {"manifest.json", "build_engines.sh", *_listed_paths(doc)}
+    engine_dirs = {str(Path(p).parent) for p in listed if p.endswith(".plan")}
+    present = sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
+                     if p.is_file() or p.is_symlink())
+    return [p for p in present if p not in listed and str(Path(p).parent) not in engine_dirs]
+
+
+def _listed_paths(node: Any) -> Iterator[str]:
+    """Every ``"path"`` string in a manifest document (file entries and engine records)."""
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if isinstance(item.get("path"), str):
+                yield item["path"]
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def plan_grid(model: Any, *, widths: Sequence[float] | None = None,
@@ -170,6 +218,9 @@ def plan_grid(model: Any, *, widths: Sequence[float] | None = None,
         if r < min_r:
             raise ExportUsageError(f"resolution {r} is below the model's minimum of {min_r} px "
                                    "(its total stride); pick larger resolutions")
+        if r > MAX_RESOLUTION:
+            raise ExportUsageError(f"resolution {r} is above the limit of {MAX_RESOLUTION} px; "
+                                   "pick smaller resolutions")
     return list(dict.fromkeys(grid))
 
 
@@ -259,13 +310,30 @@ class _Context:
 
 def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                       options: ExportOptions = ExportOptions()) -> ExportReport:
-    """Export the grid ``options`` describes from ``checkpoint`` into ``out_dir``."""
-    from mutualnet.checkpoint import load_checkpoint
-    from mutualnet.data import preprocessing
+    """Export the grid ``options`` describes from ``checkpoint`` into ``out_dir``.
+
+    Holds the lock of ``out_dir`` (a second export there is a usage error naming this one)
+    and turns SIGTERM into :class:`~mutualnet.errors.Interrupted` after removing its working
+    directories; working directories a killed export left beside ``out_dir`` are removed
+    first (and a previous export moved aside by one is put back).
+    """
+    from mutualnet.checkpoint import resolve_checkpoint_path
 
     start = time.perf_counter()
     out = Path(out_dir).expanduser()
-    check_output_dir(out, force=options.force)
+    weights = resolve_checkpoint_path(checkpoint)
+    check_output_dir(out, force=options.force, protect=(weights,))
+    check_options(options)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = f"mutualnet export {weights}"
+    with directory_lock(out, command), terminate_as_exception():
+        remove_stale_staging(out)
+        check_output_dir(out, force=options.force, protect=(weights,))  # one may be back
+        return _export_locked(weights, out, options, start)
+
+
+def check_options(options: ExportOptions) -> None:
+    """Usage errors in ``options`` that need no checkpoint."""
     if options.exporter not in EXPORTERS:
         raise ExportUsageError(f"unknown exporter {options.exporter!r}; use one of "
                                f"{', '.join(EXPORTERS)}")
@@ -273,6 +341,16 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.Path
         raise ExportUsageError("--eval-images and the batch size must be at least 1")
     if options.calib_images is not None and options.calib_images < 0:
         raise ExportUsageError("--calib-images must be >= 0 (0 keeps the stored BN statistics)")
+    if options.pairs and (options.widths or options.resolutions):
+        raise ExportUsageError("--pairs lists the (width, resolution) points itself; drop "
+                               "--widths/--resolutions or drop --pairs")
+
+
+def _export_locked(checkpoint: Path, out: Path, options: ExportOptions,
+                   start: float) -> ExportReport:
+    from mutualnet.checkpoint import load_checkpoint
+    from mutualnet.data import preprocessing
+
     profile = load_profile(options.profile)
     options = dataclasses.replace(options, device=resolve_device(options.device))
     ckpt = load_checkpoint(checkpoint, map_location="cpu")
@@ -290,10 +368,11 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.Path
     classes = list(ckpt.classes or ctx.classes)
     ctx.identity.update(model=config.model, classes=classes, checkpoint_sha256=ckpt.sha256,
                         preprocessing=preprocessing(ctx.data_spec))
-    out.parent.mkdir(parents=True, exist_ok=True)
     with _staging(out) as tmp:
-        reports = [_export_one(ctx, tmp, w, r)
-                   for w, r in _progress(grid, options.progress, config.model)]
+        reports = []
+        for w, r in _progress(grid, options.progress, config.model):
+            reports.append(_export_one(ctx, tmp, w, r))
+            fault_point("export.subnet")
         reports.sort(key=lambda s: (s.macs, s.width, s.resolution))
         table = parity_table(reports)
         files = _write_reports(tmp, reports, table, ckpt, profile)
@@ -306,7 +385,8 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.Path
         doc = _manifest(config, model, classes, ckpt, profile, ctx, reports, files)
         record_graphs(tmp, doc)  # each subnet's "graph" record, from its ONNX graph
         manifest = write_manifest(tmp, doc)
-        _install(tmp, out, force=options.force)
+        fault_point("export.staged")
+        _install(tmp, out, force=options.force, protect=(checkpoint,))
     return ExportReport(out, out / manifest.name, tuple(reports),
                         time.perf_counter() - start, table, tuple(notes))
 
@@ -567,9 +647,10 @@ def selection_accuracy(report: SubnetReport,
 # --------------------------------------------------------------------------- staging
 @contextmanager
 def _staging(out: Path) -> Iterator[Path]:
-    """A temporary directory beside ``out``; removed on any failure (nothing half-written)."""
+    """A temporary directory beside ``out`` (named with this pid); removed on any failure
+    (nothing half-written) and on SIGTERM (see :func:`export_checkpoint`)."""
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     except OSError as e:
         raise ExportError(f"cannot create a working directory in {out.parent}: "
                           f"{e.strerror or e}; check the path and permissions") from None
@@ -584,6 +665,46 @@ def _staging(out: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _staging_pid(path: Path, out: Path) -> int | None:
+    """The pid in ``.OUT.tmp-PID-XXXX`` / ``.OUT.old-PID`` (None: not one of ours or no pid)."""
+    for kind in ("tmp", "old"):
+        prefix = f".{out.name}.{kind}-"
+        if path.name.startswith(prefix):
+            head = path.name[len(prefix):].split("-", 1)[0]
+            return int(head) if head.isdigit() else -1
+    return None
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_staging(out: Path) -> list[Path]:
+    """Remove the working directories of exports into ``out`` whose process is gone; put a
+    previous export back first if a killed install had moved it aside. Returns what went."""
+    removed = []
+    for p in sorted(out.parent.glob(f".{out.name}.*-*")):
+        pid = _staging_pid(p, out)
+        if pid is None or not p.is_dir():
+            continue
+        if _alive(pid) and pid != os.getpid():  # our own pid: a killed run's, recycled
+            continue
+        if p.name.startswith(f".{out.name}.old-") and not out.exists():
+            os.replace(p, out)  # an install killed between its two renames
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
+
+
 def _default_modes(root: Path) -> None:
     """Temp files are created 0600 and temp dirs 0700: give them the usual umask modes."""
     umask = os.umask(0)
@@ -596,20 +717,46 @@ def _default_modes(root: Path) -> None:
             (Path(dirpath) / f).chmod(0o666 & ~umask)
 
 
-def _install(tmp: Path, out: Path, *, force: bool) -> None:
-    """Move the finished ``tmp`` to ``out`` (replacing it when ``force``)."""
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``);
+    False where the platform or file system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    fn = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if fn is None:
+        return False
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _install(tmp: Path, out: Path, *, force: bool, protect: Sequence[Path] = ()) -> None:
+    """Move the finished ``tmp`` to ``out``, replacing a previous export there (``force``)
+    in one atomic exchange where the platform has one: at every moment ``out`` is the whole
+    previous export or the whole new one."""
     _default_modes(tmp)
     if out.is_dir() and not any(out.iterdir()):
         out.rmdir()
     if not out.exists():
         os.replace(tmp, out)
         return
-    check_output_dir(out, force=force)  # something appeared meanwhile and no --force
+    check_output_dir(out, force=force, protect=protect)  # it changed meanwhile
+    if exchange_paths(tmp, out):
+        fault_point("export.swapped")
+        return  # tmp now holds the previous export; _staging removes it
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     os.replace(out, old)
     try:
+        fault_point("export.swapped")
         os.replace(tmp, out)
-    except OSError:
+    except BaseException:
         os.replace(old, out)
         raise
     shutil.rmtree(old, ignore_errors=True)

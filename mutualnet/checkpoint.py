@@ -4,13 +4,18 @@ A run directory holds
 
 - ``checkpoint.safetensors``: the model's state dict by key, with string metadata: the
   format tag, the model name, class count, width range, the full resolved config (JSON),
-  step, epoch, and optional class names / extra JSON;
-- ``checkpoint.state.pt``: optimizer, scheduler and RNG states plus step/epoch and the
-  sha256 of the weights file it belongs to. It holds only tensors and plain Python values
-  and is read with ``torch.load(weights_only=True)``: nothing arbitrary is ever unpickled.
+  step, epoch, optional class names / extra JSON, and the name of its state file;
+- ``checkpoint.state.<generation>.pt``: optimizer, scheduler and RNG states plus step/epoch
+  and the sha256 of the weights file it belongs to. It holds only tensors and plain Python
+  values and is read with ``torch.load(weights_only=True)``: nothing arbitrary is ever
+  unpickled. (Runs written before generations have one ``checkpoint.state.pt``; they load.)
 
-Both are written to a temporary file in the same directory and moved into place with
-:func:`os.replace`, so a crash never leaves a half-written checkpoint.
+Weights and state are one unit. A save writes the weights to a temporary file, then the
+state under a new generation name, then moves the weights into place with one
+:func:`os.replace`: that rename is the commit. A crash, SIGKILL or full disk at any byte
+before it leaves the previous weights with their own state file; after it, the new pair.
+Older state files are removed once the new pair is in place. A failed write raises
+:class:`CheckpointWriteError` (exit 1) and leaves the previous checkpoint as it was.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,22 +31,28 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from . import __version__
 from .config import ConfigWarning, TrainConfig, config_from_dict
 from .errors import CheckpointError, ConfigError, UsageError
-from .fileio import atomic_path, sha256_file
+from .fileio import atomic_path, fault_point, sha256_file
 from .slimmable import SlimmableNet
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
-STATE_FILE = "checkpoint.state.pt"
+STATE_FILE = "checkpoint.state.pt"  # the state file of runs written before generations
+STATE_GLOB = "checkpoint.state*.pt"
 FORMAT = "mutualnet-checkpoint"
 FORMAT_VERSION = "1"
 
 
 class BadCheckpointError(CheckpointError, UsageError):
     """The checkpoint the user named is missing, corrupt, or for another model (exit 2)."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (disk full, I/O error); the previous one is intact."""
 
 
 @dataclass(frozen=True)
@@ -151,12 +163,9 @@ def save_checkpoint(
     classes: tuple[str, ...] | list[str] | None = None,
     save_rng: bool = True,
 ) -> Path:
-    """Write ``out_dir/checkpoint.safetensors`` (+ the training state if ``optimizer``); atomic.
-
-    Returns the path of the weights file. ``extra_meta`` must be JSON-serializable.
-    """
-    from safetensors.torch import save_file
-
+    """Write ``out_dir/checkpoint.safetensors`` (+ the training state if ``optimizer``) as one
+    unit (see the module doc). Returns the path of the weights file. ``extra_meta`` must be
+    JSON-serializable. Raises :class:`CheckpointWriteError` if the disk is full."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     net = unwrap(model)
@@ -165,6 +174,33 @@ def save_checkpoint(
     if config.num_classes is None:
         config = config.replace(num_classes=_num_classes(net, config))
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
+    meta = _weights_meta(net, config, step, epoch, extra_meta, classes)
+    state = None
+    if optimizer is not None:
+        meta["state_file"] = f"checkpoint.state.{int(step):09d}-{secrets.token_hex(4)}.pt"
+        state = {
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "step": int(step), "epoch": int(epoch),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "rng": capture_rng() if save_rng else {},
+        }
+    target = out / CHECKPOINT_FILE
+    _remove_stale_temps(out)
+    try:
+        _write_unit(target, tensors, meta, state)
+    except (OSError, RuntimeError, SafetensorError) as e:
+        raise CheckpointWriteError(
+            f"cannot write the checkpoint in {out} ({_write_reason(e)}); free disk space or "
+            "pick another --out; the previous checkpoint there is intact") from None
+    fault_point("checkpoint.committed")
+    _remove_old_states(out, meta.get("state_file"))
+    return target
+
+
+def _weights_meta(net: SlimmableNet, config: TrainConfig, step: int, epoch: int,
+                  extra_meta: dict[str, Any] | None,
+                  classes: tuple[str, ...] | list[str] | None) -> dict[str, str]:
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -180,22 +216,56 @@ def save_checkpoint(
     }
     if classes is not None:
         meta["classes"] = json.dumps([str(c) for c in classes])
-    target = out / CHECKPOINT_FILE
+    return meta
+
+
+def _write_unit(target: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str],
+                state: dict[str, Any] | None) -> None:
+    """Weights to a temp file, the state under its new name, then the weights' rename: the
+    commit point. Each file is flushed to disk before the rename that publishes it."""
+    from safetensors.torch import save_file
+
     with atomic_path(target) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
-        digest = sha256_file(tmp)
-    if optimizer is not None:
-        state = {
-            "format": FORMAT, "format_version": FORMAT_VERSION,
-            "step": int(step), "epoch": int(epoch),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "rng": capture_rng() if save_rng else {},
-            "weights_sha256": digest,
-        }
-        with atomic_path(out / STATE_FILE) as tmp:
-            torch.save(state, tmp)
-    return target
+        fault_point("checkpoint.weights-written")
+        _fsync(tmp)
+        if state is not None:
+            state["weights_sha256"] = sha256_file(tmp)
+            with atomic_path(target.parent / meta["state_file"]) as stmp:
+                torch.save(state, stmp)
+                fault_point("checkpoint.state-written")
+                _fsync(stmp)
+            fault_point("checkpoint.state-renamed")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_reason(e: BaseException) -> str:
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    text = _first_line(e)
+    if "os error" in text or "space" in text.lower():
+        return text.rsplit(":", 1)[-1].strip() if ":" in text else text
+    return f"{type(e).__name__}: a write failed"
+
+
+def _remove_stale_temps(out: Path) -> None:
+    """Temp files a killed save left behind (``.checkpoint.*.tmp``); never the pair itself."""
+    for p in out.glob(".checkpoint.*.tmp"):
+        p.unlink(missing_ok=True)
+
+
+def _remove_old_states(out: Path, keep: str | None) -> None:
+    """State files of earlier generations (the committed weights name another one)."""
+    for p in out.glob(STATE_GLOB):
+        if p.name != keep:
+            p.unlink(missing_ok=True)
 
 
 def _num_classes(net: SlimmableNet, config: TrainConfig) -> int:
@@ -255,6 +325,7 @@ def load_checkpoint(path: str | os.PathLike[str], *,
     config = _config_from_meta(meta, f)
     model = build_model(config)
     state = _read_tensors(f, map_location)
+    _check_finite(state, f)
     _load_state(model, state, f, config)
     model.to(map_location)
     classes = tuple(json.loads(meta["classes"])) if "classes" in meta else None
@@ -273,6 +344,15 @@ def _read_tensors(f: Path, map_location: str | torch.device) -> dict[str, torch.
     except Exception as e:
         raise BadCheckpointError(f"{f}: cannot read the weights ({_first_line(e)}); the file is "
                                  "corrupt or truncated: re-run training or re-copy it") from None
+
+
+def _check_finite(state: Mapping[str, torch.Tensor], f: Path) -> None:
+    """Refuse weights with NaN/inf (a diverged or damaged run): they evaluate to chance."""
+    for k, v in state.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise BadCheckpointError(f"{f}: tensor {k!r} holds NaN or infinite values; these "
+                                     "weights cannot be evaluated or exported: use an earlier "
+                                     "checkpoint or retrain (e.g. with a lower lr)")
 
 
 def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], f: Path,
@@ -326,18 +406,31 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], config: TrainCo
     return f
 
 
-def load_training_state(run: str | os.PathLike[str]) -> TrainingState:
-    """The optimizer/scheduler/RNG state saved beside a run's weights (``weights_only``)."""
+def state_path(run: str | os.PathLike[str]) -> Path:
+    """The state file that belongs to a run's weights (named in their metadata; runs written
+    before generations: ``checkpoint.state.pt``)."""
     f = resolve_checkpoint_path(run)
-    s = f.parent / STATE_FILE
+    name = read_metadata(f).get("state_file", STATE_FILE)
+    if Path(name).name != name or not name.startswith("checkpoint.state"):
+        raise BadCheckpointError(f"{f}: its metadata names an invalid state file {name!r}; "
+                                 "the file is corrupt")
+    return f.parent / name
+
+
+def load_training_state(run: str | os.PathLike[str]) -> TrainingState:
+    """The optimizer/scheduler/RNG state saved with a run's weights (``weights_only``)."""
+    f = resolve_checkpoint_path(run)
+    s = state_path(f)
     if not s.is_file():
-        raise BadCheckpointError(f"{f.parent} has no {STATE_FILE}: it holds weights only and "
+        raise BadCheckpointError(f"{f.parent} has no {s.name}: it holds weights only and "
                                  "cannot be resumed; start a new run (pretrained: PATH)")
     try:
         raw = torch.load(s, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise BadCheckpointError(f"{s}: cannot read the training state ({_first_line(e)}); "
-                                 "it is corrupt: start a new run or restore the file") from None
+    except Exception:
+        # never relay torch's advice to load with weights_only=False: that runs the file's code
+        raise BadCheckpointError(f"{s}: cannot read the training state (corrupt, truncated or "
+                                 "not written by mutualnet); start a new run or restore the "
+                                 "file") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise BadCheckpointError(f"{s} is not a mutualnet training state file")
     digest = sha256_file(f)

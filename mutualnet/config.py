@@ -38,6 +38,8 @@ DATASETS = ("cifar10_bundled", "npz", "cifar10", "cifar100", "imagefolder")
 TRANSFORMS = ("cifar", "imagenet_mobile", "imagenet_basic")
 DEVICES = ("auto", "cpu", "cuda")
 RESIZE_MODES = ("shorter_side", "stretch")  # = mutualnet.data.spec.RESIZE_MODES
+#: The largest input side anything accepts (a 2048 px batch of 256 is 12 GB of float32).
+MAX_RESOLUTION = 2048
 
 
 class ConfigWarning(UserWarning):
@@ -423,8 +425,12 @@ def _validate(c: TrainConfig) -> None:
                  f"independent_width {c.independent_width} is outside width_mult_range "
                  f"{list(c.width_mult_range)}")
     for r in c.resolution_list or ():
-        need(r > 0, f"resolution_list entries must be positive, got {r}")
-    need(c.image_size is None or c.image_size > 0, f"image_size must be positive, got {c.image_size}")
+        need(0 < r <= MAX_RESOLUTION, f"resolution_list entries must be in 1..{MAX_RESOLUTION} "
+                                      f"px, got {r}")
+    for key in ("image_size", "image_resize"):
+        v = getattr(c, key)
+        need(v is None or 0 < v <= MAX_RESOLUTION,
+             f"{key} must be in 1..{MAX_RESOLUTION} px or null, got {v}")
     need(c.image_resize is None or c.image_size is None or c.image_resize >= c.image_size,
          f"image_resize must be >= image_size ({c.image_size}) or null, got {c.image_resize}; "
          "image_resize = image_size resizes images to the model size")
@@ -492,7 +498,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         first = str(e).splitlines()[0] if str(e) else "parse error"
         raise ConfigError(f"{path}: not valid YAML ({first}); fix the file") from None
     if data is None:
-        return {}
+        raise ConfigError(f"{path} is empty (no keys); write the keys to change, e.g. "
+                          "'model: tiny_mobilenet', or omit CONFIG to train the tiny default")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must be a mapping of keys to values")
     return data

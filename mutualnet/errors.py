@@ -37,3 +37,25 @@ class MissingDependencyError(MutualNetError):
 
 class TrainingDivergedError(MutualNetError):
     """The loss became NaN or infinite; the last good checkpoint was kept."""
+
+
+class Interrupted(MutualNetError):
+    """A signal (SIGTERM) stopped the command; temporary files were removed (exit 128+N)."""
+
+    def __init__(self, signum: int, message: str | None = None) -> None:
+        import signal
+
+        name = signal.Signals(signum).name
+        super().__init__(message or f"stopped by {name}; the partial output was removed")
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+def reason(error: BaseException) -> str:
+    """The first line of a library's error, for our own message; never its advice to unpickle
+    (torch's "re-run with weights_only=False", numpy's "allow_pickle"): that runs the file's
+    code."""
+    text = (str(error).strip() or type(error).__name__).splitlines()[0]
+    if any(w in text.lower() for w in ("weights_only", "weights only", "allow_pickle", "pickle")):
+        return "it holds pickled Python objects, which are never loaded (they could run code)"
+    return text

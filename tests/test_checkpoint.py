@@ -45,7 +45,8 @@ def test_round_trip_by_key_with_config_and_state(tmp_path: Path) -> None:
     path = save_checkpoint(tmp_path, model, cfg, step=7, epoch=2, optimizer=opt,
                            classes=[f"c{i}" for i in range(10)], extra_meta={"note": 1})
     assert path == tmp_path / CHECKPOINT_FILE
-    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_FILE, STATE_FILE]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_FILE,
+                                                          ck.state_path(tmp_path).name]
     loaded = load_checkpoint(tmp_path)
     assert loaded.config == cfg.replace(num_classes=10)  # class count resolved on save
     assert (loaded.step, loaded.epoch, loaded.extra) == (7, 2, {"note": 1})
@@ -60,7 +61,7 @@ def test_round_trip_by_key_with_config_and_state(tmp_path: Path) -> None:
     assert torch.equal(opt2.state_dict()["state"][0]["momentum_buffer"],
                        opt.state_dict()["state"][0]["momentum_buffer"])
     # the state file is plain tensors + Python values: loadable with weights_only=True
-    raw = torch.load(tmp_path / STATE_FILE, weights_only=True)
+    raw = torch.load(ck.state_path(tmp_path), weights_only=True)
     assert raw["format"] == "mutualnet-checkpoint"
     meta = read_metadata(path)
     assert meta["model"] == "tiny_mobilenet" and json.loads(meta["config"])["lr"] == 0.05
@@ -153,9 +154,10 @@ def test_training_state_must_match_its_weights(tmp_path: Path) -> None:
     model = _model(cfg)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     save_checkpoint(tmp_path, model, cfg, optimizer=opt)
-    state = tmp_path / STATE_FILE
+    state = ck.state_path(tmp_path)
     good = state.read_bytes()
-    save_checkpoint(tmp_path, _model(cfg, 3), cfg)  # weights replaced, state not
+    raw = torch.load(state, weights_only=True)
+    torch.save({**raw, "weights_sha256": "0" * 64}, state)  # a state of other weights
     with pytest.raises(BadCheckpointError, match="sha256 mismatch"):
         load_training_state(tmp_path)
     state.write_bytes(good[:100])
@@ -175,6 +177,60 @@ def test_state_file_never_unpickles_arbitrary_objects(tmp_path: Path) -> None:
         def __reduce__(self):
             return (print, ("pwned",))
 
-    torch.save({"format": "mutualnet-checkpoint", "evil": Evil()}, tmp_path / STATE_FILE)
+    torch.save({"format": "mutualnet-checkpoint", "evil": Evil()}, ck.state_path(tmp_path))
     with pytest.raises(BadCheckpointError, match="cannot read the training state"):
         ck.load_training_state(tmp_path)
+
+
+def _strip_state_name(weights: Path) -> None:
+    """Rewrite ``weights`` as a checkpoint written before state generations."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(weights), framework="pt") as h:
+        meta = dict(h.metadata())
+    del meta["state_file"]
+    save_file(load_file(str(weights)), str(weights), metadata=meta)
+
+
+def test_runs_written_before_generations_still_resume(tmp_path: Path) -> None:
+    cfg = TrainConfig()
+    model = _model(cfg)
+    save_checkpoint(tmp_path, model, cfg, step=3, epoch=1,
+                    optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    state = ck.state_path(tmp_path)
+    _strip_state_name(tmp_path / CHECKPOINT_FILE)
+    raw = torch.load(state, weights_only=True)
+    raw["weights_sha256"] = hashlib.sha256((tmp_path / CHECKPOINT_FILE).read_bytes()).hexdigest()
+    torch.save(raw, tmp_path / STATE_FILE)
+    state.unlink()
+    assert ck.state_path(tmp_path) == tmp_path / STATE_FILE
+    assert load_training_state(tmp_path).step == 3
+    save_checkpoint(tmp_path, model, cfg, step=6, epoch=2,
+                    optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_FILE,
+                                                          ck.state_path(tmp_path).name]
+    assert load_training_state(tmp_path).step == 6
+
+
+def test_a_failed_save_keeps_the_previous_pair(tmp_path: Path, monkeypatch) -> None:
+    cfg = TrainConfig()
+    model = _model(cfg)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    save_checkpoint(tmp_path, model, cfg, step=1, epoch=1, optimizer=opt)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for point in ("checkpoint.weights-written", "checkpoint.state-written",
+                  "checkpoint.state-renamed"):
+        monkeypatch.setenv("MUTUALNET_FAULT", f"{point}:enospc")
+        monkeypatch.setattr("mutualnet.fileio._fault_passes", {})
+        with pytest.raises(ck.CheckpointWriteError, match="No space left on device"):
+            save_checkpoint(tmp_path, _model(cfg, 4), cfg, step=2, epoch=2, optimizer=opt)
+        after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+        if point == "checkpoint.state-renamed":  # an orphan state of the failed generation
+            after = {k: v for k, v in after.items() if k in before}
+        assert after == before, point
+        assert load_training_state(tmp_path).step == 1
+    monkeypatch.delenv("MUTUALNET_FAULT")
+    save_checkpoint(tmp_path, _model(cfg, 4), cfg, step=2, epoch=2, optimizer=opt)
+    assert len(list(tmp_path.glob("checkpoint.state*.pt"))) == 1
+    assert load_training_state(tmp_path).step == 2

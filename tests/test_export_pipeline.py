@@ -62,7 +62,7 @@ def test_export_grid_prints_parity_table_and_writes_manifest(exported) -> None:
     assert manifest.model.classes[0] == "airplane"
     assert manifest.source_checkpoint.file == "checkpoint.safetensors"
     assert {"parity_md", "parity_json", "parity_images"} <= set(manifest.files)
-    assert not list(out.parent.glob(".deploy.*"))  # no temporary directory left behind
+    assert not list(out.parent.glob(".deploy.*"))  # no temporary directory or lock left
 
 
 def test_manifest_subnets_reproduce_on_their_own(exported) -> None:
@@ -175,11 +175,16 @@ def test_pairs_and_force(tiny_checkpoint: Path, tmp_path: Path) -> None:
     r = run(tiny_checkpoint, "--pairs", "0.5@24", "--out", out, *FAST)
     assert r.exit_code == 2 and "--force" in r.output
     assert sha256_file(out / "manifest.json") == before
-    (out / "stale.txt").write_text("old")
+    (out / "notes.txt").write_text("mine")  # --force replaces only what the export wrote
+    r = run(tiny_checkpoint, "--pairs", "0.5@24", "--out", out, "--force", *FAST)
+    assert r.exit_code == 2 and "notes.txt" in r.output
+    assert sha256_file(out / "manifest.json") == before
+    (out / "notes.txt").unlink()
     r = run(tiny_checkpoint, "--pairs", "0.5@24", "--out", out, "--force", *FAST)
     assert r.exit_code == 0, r.output
     assert load_manifest(out).subnet_ids == ["w0.50-r24"]
-    assert not (out / "stale.txt").exists() and not (out / "subnets" / "w0.25-r20").exists()
+    assert not (out / "subnets" / "w0.25-r20").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 @pytest.mark.parametrize(("args", "message"), [

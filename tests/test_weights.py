@@ -125,7 +125,7 @@ def test_files_that_are_neither_format(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="neither a torchvision state dict"):
         detect_format(tmp_path / "notes.txt")
     torch.save(nn.Linear(2, 2), tmp_path / "module.pth")  # a pickled object, not a state dict
-    with pytest.raises(UsageError, match="weights_only=True.*refused"):
+    with pytest.raises(UsageError, match="refused: it holds Python objects besides tensors"):
         import_weights(tmp_path / "module.pth", "mobilenet_v2")
     torch.save({"epoch": 3}, tmp_path / "nothing.pth")
     with pytest.raises(UsageError, match="holds no tensors"):

@@ -26,12 +26,20 @@ class _ProjectError(click.ClickException):
         return self.message
 
 
+class _OneLineUsage(MutualNetError):
+    exit_code = 2
+
+
 class MutualNetGroup(click.Group):
     """A group that turns the project's exceptions into one-line errors with exit 1/2."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:  # a bad flag or value: one line, not click's three
+            where = e.ctx.command_path if e.ctx is not None else "mutualnet"
+            raise _ProjectError(_OneLineUsage(
+                f"{e.format_message()} (see `{where} --help`)")) from e
         except (MutualNetError, ExportError) as e:
             raise _ProjectError(e) from e
         except OSError as e:  # a path the user gave cannot be read or written

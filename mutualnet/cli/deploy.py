@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ._params import FINITE
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -28,7 +30,7 @@ ON_STALE = click.option(
          "or fallback = a note on stderr and ONNX Runtime instead.")
 PROGRESS = click.option("--progress/--no-progress", default=True, show_default=True,
                         help="Progress bar on stderr.")
-BUDGET = click.option("--budget-mmacs", "--budget-mflops", "budget_mmacs", type=float,
+BUDGET = click.option("--budget-mmacs", "--budget-mflops", "budget_mmacs", type=FINITE,
                       default=None, help="Compute budget in millions of MACs "
                       "(--budget-mflops is the old name of the same option).")
 STRICT = click.option("--strict", is_flag=True,
@@ -260,7 +262,7 @@ def _name(names: Sequence[str], i: int) -> str:
 @click.argument("export_dir", metavar="EXPORT_DIR", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True)
 @BUDGET
-@click.option("--latency-ms", type=float, default=None,
+@click.option("--latency-ms", type=FINITE, default=None,
               help="Use the most accurate subnet whose measured p90 fits (needs `profile`).")
 @STRICT
 @click.option("--subnet", default=None, help="Use this subnet id (e.g. w0.50-r32).")

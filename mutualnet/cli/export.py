@@ -6,14 +6,14 @@ from pathlib import Path
 
 import click
 
-from ._params import FLOATS, INTS
+from ._params import FLOATS, RESOLUTIONS
 
 
 @click.command("export")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--widths", type=FLOATS, default=None,
               help="Comma list of widths [default: the config's width list, else the range ends].")
-@click.option("--resolutions", type=INTS, default=None,
+@click.option("--resolutions", type=RESOLUTIONS, default=None,
               help="Comma list of input sides [default: the model's resolution list].")
 @click.option("--pairs", default=None, metavar="W@R,...",
               help="Explicit pairs, e.g. 0.25@128,1.0@224 (instead of widths x resolutions).")

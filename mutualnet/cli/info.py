@@ -7,7 +7,7 @@ import json
 import click
 
 from ..errors import UsageError
-from ._params import FLOATS, INTS
+from ._params import FLOATS, RESOLUTIONS
 
 
 @click.command("models")
@@ -29,7 +29,7 @@ def models_cmd() -> None:
 @click.argument("model")
 @click.option("--width", "widths", type=FLOATS, default="1.0", show_default=True,
               help="Width multiplier, or a comma list.")
-@click.option("--resolution", "resolutions", type=INTS, default=None,
+@click.option("--resolution", "resolutions", type=RESOLUTIONS, default=None,
               help="Input side in pixels, or a comma list [default: the model's largest].")
 @click.option("--classes", type=click.IntRange(min=1), default=None,
               help="Number of classes [default: the model's].")

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from ._params import FLOATS, INTS
+from ._params import FLOATS, RESOLUTIONS
 
 
 @contextmanager
@@ -137,7 +137,7 @@ def _run_eval(checkpoint: str, *, widths: list[float] | None, resolutions: list[
 @click.argument("checkpoint")
 @click.option("--widths", type=FLOATS, default=None,
               help="Comma list of widths [default: width_mult_list or 4 spaced in the range].")
-@click.option("--resolutions", type=INTS, default=None,
+@click.option("--resolutions", type=RESOLUTIONS, default=None,
               help="Comma list of resolutions [default: the config's resolution_list].")
 @click.option("--data", default=None, metavar="DATASET[:ROOT]",
               help="Evaluate on other data, e.g. npz:/path/cifar10_jpeg.npz, cifar100:/data/c100, "

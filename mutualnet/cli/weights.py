@@ -7,13 +7,14 @@ from pathlib import Path
 import click
 
 from ..errors import UsageError
+from ._params import FINITE
 
 
 @click.command("import-weights")
 @click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--model", "model_name", required=True,
               help="Supernet to fill: mobilenet_v2 / resnet50 (torchvision), mobilenet_v1 (TFLite).")
-@click.option("--width", type=float, default=None,
+@click.option("--width", type=FINITE, default=None,
               help="Width the file holds (checked) [default: read from the file].")
 @click.option("--classes", "num_classes", type=click.IntRange(min=1), default=None,
               help="Classes of the model [default: the file's]; 1000 drops TF's background class.")

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import UsageError, reason
 from .spec import expected_layout
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -150,8 +150,8 @@ def read_npz(path: Path, split: str) -> RawSplit:
     except UsageError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise UsageError(f"cannot read {path} as an npz archive ({e}); "
-                         f"expected {expected_layout('npz')}") from e
+        raise UsageError(f"cannot read {path} as an npz archive ({reason(e)}); "
+                         f"expected {expected_layout('npz')}") from None
     _check_packed(path, prefix, jpeg, offsets, labels, classes)
     return RawSplit(labels.astype(np.int64), tuple(str(c) for c in classes),
                     jpeg=jpeg.astype(np.uint8, copy=False), offsets=offsets.astype(np.int64))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import functools
 import json
 import math
 import os
@@ -37,6 +38,7 @@ from ..checkpoint import (
 )
 from ..config import TrainConfig, config_from_dict
 from ..errors import ConfigError, TrainingDivergedError, UsageError
+from ..fileio import atomic_write, directory_lock
 from ..slimmable import SlimmableNet
 from . import distributed as D
 from .schedule import CosineSchedule, build_optimizer
@@ -133,6 +135,12 @@ def load_pretrained_weights(net: SlimmableNet, config: TrainConfig) -> ImportRep
     return None
 
 
+def _stored_record(weights: Path) -> dict[str, Any] | None:
+    """The metrics line a checkpoint stored for its own epoch (None for older checkpoints)."""
+    record = json.loads(read_metadata(weights).get("extra") or "{}").get("metrics")
+    return record if isinstance(record, dict) else None
+
+
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record, sort_keys=True) + "\n")
@@ -158,6 +166,43 @@ def epoch_eval(net: SlimmableNet, config: TrainConfig, train_data: Any, val_data
     return out
 
 
+def _holds_run_lock(fn: Callable[..., TrainResult]) -> Callable[..., TrainResult]:
+    """Run ``fn(config, out_dir, ...)`` holding the lock of its run directory (on the main
+    rank only: torchrun's other ranks share the run), so that a second writer exits 2."""
+
+    @functools.wraps(fn)
+    def locked(config: TrainConfig, out_dir: str | os.PathLike[str] | None = None,
+               **kwargs: Any) -> TrainResult:
+        if os.environ.get("RANK", "0") != "0":
+            return fn(config, out_dir, **kwargs)
+        out = Path(out_dir) if out_dir is not None else default_out_dir(config)
+        with directory_lock(out, "mutualnet train " + " ".join(sys.argv[1:])[:200]):
+            return fn(config, out_dir, **kwargs)
+
+    return locked
+
+
+def reconcile_metrics(path: Path, epoch: int, record: dict[str, Any] | None) -> None:
+    """Make ``metrics.jsonl`` agree with a checkpoint of ``epoch`` before resuming it: drop
+    lines of later epochs and a torn last line (a kill while writing), and put back the
+    checkpoint's own line (``record``, stored in it) if a kill came before it was written."""
+    lines = path.read_text().splitlines() if path.is_file() else []
+    kept: list[str] = []
+    for line in lines:
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(item, dict) and (item.get("event") or item.get("epoch", 0) <= epoch):
+            kept.append(line)
+    have = {json.loads(line).get("epoch") for line in kept}
+    if record is not None and epoch not in have:
+        kept.append(json.dumps(record, sort_keys=True))
+    if kept != lines:
+        atomic_write(path, lambda tmp: tmp.write_text("".join(f"{k}\n" for k in kept)))
+
+
+@_holds_run_lock
 def train(
     config: TrainConfig,
     out_dir: str | os.PathLike[str] | None = None,
@@ -234,6 +279,8 @@ def train(
             if state.rng:
                 restore_rng(state.rng)
             epoch, step = state.epoch, state.step
+            if resume:
+                reconcile_metrics(out / METRICS_FILE, epoch, _stored_record(out / CHECKPOINT_FILE))
             if schedule.total_steps != total_steps or step != epoch * steps_per_epoch:
                 raise ConfigError(f"{resume_from}: the saved schedule ({schedule.total_steps} "
                                   f"steps) does not match this data/batch size ({total_steps}); "
@@ -322,7 +369,7 @@ def train(
                     raise TrainingDivergedError(f"the mean loss of epoch {epoch} is not finite")
                 save_checkpoint(out, net, config, step=step, epoch=epoch, optimizer=optimizer,
                                 scheduler=schedule, classes=classes,
-                                extra_meta={"val": record.get("val", {}),
+                                extra_meta={"val": record.get("val", {}), "metrics": record,
                                             "method": config.method, **pretrained_meta})
                 _append_jsonl(out / METRICS_FILE, record)
             history.append(record)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError, UsageError
+from ..errors import CheckpointError, UsageError, reason
 from ..slimmable import SlimmableNet
 from .common import COUNTERS, Placement, plan_placement
 
@@ -29,12 +29,12 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a state dict with ``weights_only=True``; unwrap ``{"state_dict": ...}`` files."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"{path}: torch.load(weights_only=True) refused the file ({first}); "
-                         f"save the weights with torch.save(model.state_dict(), path)") from None
+    except pickle.UnpicklingError:
+        raise UsageError(f"{path}: refused: it holds Python objects besides tensors, which are "
+                         "never unpickled (they could run code); save the weights with "
+                         "torch.save(model.state_dict(), path)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
-        first = str(e).strip().split(". ")[0] or type(e).__name__
+        first = reason(e).split(". ")[0]
         raise CheckpointError(f"{path}: cannot read it as a torch file ({first}); "
                               f"is it complete? download it again") from None
     for key in ("state_dict", "model", "model_state_dict"):
