@@ -324,7 +324,7 @@ def _paired(root: Path, reps: int) -> dict[str, list[float]]:
     session = ort.InferenceSession(str(onnx), sess_options=so,
                                    providers=["CPUExecutionProvider"])
     photo = _photo()[None]
-    pre = rt.manifest.preprocessing
+    pre = rt.manifest.preprocessing.as_dict()
     x = rt.preprocess(photo, info.resolution)
     calls = {
         "raw": lambda: session.run(None, {"input": x}),
