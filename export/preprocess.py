@@ -248,37 +248,37 @@ _BLOCK = 8
 class _Band:
     """One axis's composed map as a block-banded matrix for a batched matrix product: the
     outputs in blocks of ``block``; block k reads the ``span`` inputs from
-    ``start + k * step`` (a strided view of the image, no copy) with ``weights[k]``
-    (block, span)."""
+    ``first + k * step`` of the axis padded with ``pad`` (before, after) zeros (a strided
+    view of the image, no copy), with ``weights[k]`` (block, span)."""
 
     def __init__(self, m: np.ndarray, block: int) -> None:
         r, n = m.shape
-        blocks = -(-r // block)
-        padded = np.zeros((blocks * block, n))
-        padded[:r] = m
-        used = (padded != 0).reshape(blocks, block, n).any(axis=1)      # (blocks, n)
+        self.blocks = -(-r // block)
+        nonzero = np.zeros((self.blocks * block, n), dtype=bool)
+        nonzero[:r] = m != 0
+        used: np.ndarray = nonzero.reshape(self.blocks, block, n).any(axis=1)   # (blocks, n)
         lo = used.argmax(axis=1)
         hi = n - used[:, ::-1].argmax(axis=1)
-        self.start, self.step, self.span = _band_layout(lo, hi, n)
-        firsts = self.start + self.step * np.arange(blocks)
+        start, self.step, self.span = _band_layout(lo, hi)
+        self.pad = (max(0, -start), max(0, start + self.step * (self.blocks - 1) + self.span - n))
+        self.first = start + self.pad[0]
+        padded = np.zeros((self.blocks * block, self.pad[0] + n + self.pad[1]))
+        padded[:r, self.pad[0]:self.pad[0] + n] = m
+        firsts = self.first + self.step * np.arange(self.blocks)
         self.weights: np.ndarray = np.stack([padded[b * block:(b + 1) * block, f:f + self.span]
                                              for b, f in enumerate(firsts)])
-        self.blocks = blocks
 
 
-def _band_layout(lo: np.ndarray, hi: np.ndarray, n: int) -> tuple[int, int, int]:
+def _band_layout(lo: np.ndarray, hi: np.ndarray) -> tuple[int, int, int]:
     """(start, step, span) of the narrowest regular windows holding every block's inputs
-    [lo, hi) inside 0..n; step 0 (one window for all: a dense map) always fits."""
+    [lo, hi); start may be negative and the last window may end past the axis (padding)."""
     k = np.arange(len(lo))
-    steps = {0}
-    if len(lo) > 1:
-        mean = (lo[-1] - lo[0]) / (len(lo) - 1)
-        steps |= {int(np.floor(mean)), int(np.ceil(mean))}
-    best = (0, 0, n + 1)
-    for step in sorted(steps):
+    d = np.diff(lo) if len(lo) > 1 else np.zeros(1, dtype=int)
+    best = (0, 0, 1 << 62)
+    for step in range(max(0, int(d.min())), int(d.max()) + 1):
         start = int((lo - step * k).min())
         span = int((hi - start - step * k).max())
-        if start >= 0 and start + step * (len(lo) - 1) + span <= n and span < best[2]:
+        if span < best[2]:
             best = (start, step, span)
     return best
 
@@ -302,6 +302,16 @@ def _banded(h: int, w: int, geometry: tuple[int, int, int, int], crop: int, reso
                    _axis_matrix(w, rw, left, crop, resolution), alpha)
 
 
+def _padded(x: np.ndarray, pad: tuple[int, int], axis: int) -> np.ndarray:
+    """``x`` with its first ``pad[0]`` and last ``pad[1]`` entries along ``axis`` zeroed (the
+    windows' padding: zero weights there, but 0 * NaN would not be 0)."""
+    if pad[0]:
+        x[(slice(None),) * axis + (slice(0, pad[0]),)] = 0
+    if pad[1]:
+        x[(slice(None),) * axis + (slice(x.shape[axis] - pad[1], None),)] = 0
+    return x
+
+
 def _banded_one(a: np.ndarray, plan: _Plan, geometry: tuple[int, int, int, int],
                 resolution: int, dst: np.ndarray) -> None:
     """One image into ``dst`` (3, r, r) with the composed map of each axis as two batched
@@ -309,16 +319,18 @@ def _banded_one(a: np.ndarray, plan: _Plan, geometry: tuple[int, int, int, int],
     channel), the scale in the column weights, the shift added at the end."""
     h, w = a.shape[:2]
     bd = _banded(h, w, geometry, plan.crop, resolution, plan.alpha_key)
-    x = np.empty((h, w * 3), dtype=np.float32)
-    np.copyto(x.reshape(h, w, 3), a)
     rows, cols = bd.rows, bd.cols
+    x = _padded(np.empty((rows.pad[0] + h + rows.pad[1], w * 3), dtype=np.float32), rows.pad, 0)
+    np.copyto(x[rows.pad[0]:rows.pad[0] + h].reshape(h, w, 3), a)
     s0, s1 = x.strides
-    v = as_strided(x[rows.start:], (rows.blocks, rows.span, w * 3), (rows.step * s0, s0, s1),
+    v = as_strided(x[rows.first:], (rows.blocks, rows.span, w * 3), (rows.step * s0, s0, s1),
                    writeable=False)
     t = np.matmul(bd.w_rows, v).reshape(-1, w, 3)[:resolution]
-    tc = np.ascontiguousarray(t.transpose(2, 0, 1))                       # (3, r, w)
+    tc = _padded(np.empty((3, resolution, cols.pad[0] + w + cols.pad[1]), dtype=np.float32),
+                 cols.pad, 2)
+    np.copyto(tc[:, :, cols.pad[0]:cols.pad[0] + w], t.transpose(2, 0, 1))     # (3, r, w)
     c0, c1, c2 = tc.strides
-    u = as_strided(tc[:, :, cols.start:], (3, cols.blocks, resolution, cols.span),
+    u = as_strided(tc[:, :, cols.first:], (3, cols.blocks, resolution, cols.span),
                    (c0, cols.step * c2, c1, c2), writeable=False)
     if cols.blocks * _BLOCK == resolution:   # the products land in dst: no transposing copy
         np.matmul(u, bd.w_cols, out=dst.reshape(3, resolution, cols.blocks, _BLOCK)

@@ -126,18 +126,22 @@ def test_fast_paths_equal_the_numpy_reference_on_random_geometry(impl) -> None:
 
 
 def test_banded_windows_hold_every_tap() -> None:
-    """The regular windows cover each block's nonzero weights and stay inside the image."""
+    """The regular windows (over the zero-padded axis) hold each block's weights exactly."""
     for n_in, n_res, start, crop, res in [(224, 256, 16, 224, 128), (224, 128, 0, 128, 128),
                                           (300, 256, 0, 256, 224), (7, 16, 0, 16, 3),
-                                          (50, 24, 0, 20, 1)]:
+                                          (50, 24, 0, 20, 1), (90, 31, 0, 31, 47)]:
         m = preprocess._axis_matrix(n_in, n_res, start, crop, res)
         band = preprocess._Band(m, 8)
-        assert band.start >= 0 and band.start + band.step * (band.blocks - 1) + band.span <= n_in
-        dense = np.zeros((band.blocks * 8, n_in))
+        before, after = band.pad
+        assert band.first + band.step * (band.blocks - 1) + band.span <= before + n_in + after
+        dense = np.zeros((band.blocks * 8, before + n_in + after))
         for b in range(band.blocks):
-            first = band.start + band.step * b
+            first = band.first + band.step * b
             dense[b * 8:(b + 1) * 8, first:first + band.span] = band.weights[b]
-        np.testing.assert_array_equal(dense[:res], m)
+        np.testing.assert_array_equal(dense[:res, before:before + n_in], m)
+        assert not dense[:, :before].any() and not dense[:, before + n_in:].any()
+    # a 224 -> 128 stretch: 8 outputs advance 14 inputs; windows of 17 (29 without padding)
+    assert preprocess._Band(preprocess._axis_matrix(224, 128, 0, 128, 128), 8).span <= 18
 
 
 @pytest.mark.parametrize("impl", IMPLS, ids=IDS)
