@@ -256,7 +256,7 @@ class _Band:
         self.blocks = -(-r // block)
         nonzero = np.zeros((self.blocks * block, n), dtype=bool)
         nonzero[:r] = m != 0
-        used: np.ndarray = nonzero.reshape(self.blocks, block, n).any(axis=1)   # (blocks, n)
+        used = np.asarray(nonzero.reshape(self.blocks, block, n).any(axis=1))  # (blocks, n)
         lo = used.argmax(axis=1)
         hi = n - used[:, ::-1].argmax(axis=1)
         start, self.step, self.span = _band_layout(lo, hi)
