@@ -174,19 +174,17 @@ def _align_corners_matrix(n_in: int, n_out: int) -> np.ndarray:
     return m.astype(np.float32)
 
 
-@lru_cache(maxsize=64)
 def _axis_matrix(n_in: int, n_resized: int, start: int, crop: int,
                  resolution: int) -> np.ndarray:
     """One axis of resize -> crop -> resize to ``resolution``, composed into one dense
     (resolution, n_in) float64 map. Every step is linear with rows summing to one, so the
     map also commutes with the per-channel normalization, which is applied at the small
-    size."""
+    size. Not cached itself (dense, n_in wide): its callers cache what they keep."""
     m = np.eye(n_in, dtype=np.float64) if n_resized == n_in else \
         _antialias_matrix(n_in, n_resized).astype(np.float64)
     m = m[start:start + crop]
     if crop != resolution:
         m = _align_corners_matrix(crop, resolution).astype(np.float64) @ m
-    m.setflags(write=False)
     return m
 
 
