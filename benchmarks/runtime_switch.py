@@ -324,7 +324,7 @@ def _paired(root: Path, reps: int) -> dict[str, list[float]]:
     session = ort.InferenceSession(str(onnx), sess_options=so,
                                    providers=["CPUExecutionProvider"])
     photo = _photo()[None]
-    pre = rt.manifest.preprocessing
+    pre = rt.manifest.preprocessing.as_dict()
     x = rt.preprocess(photo, info.resolution)
     calls = {
         "raw": lambda: session.run(None, {"input": x}),
@@ -384,9 +384,11 @@ def overhead_section(reps: int) -> str:
             "`infer_tensor` at most 1.05x. What `infer` adds is the float32 resampling "
             "itself: parity with the training side (2e-5) rules out resizing uint8 images "
             "(library uint8 resizes round to whole grey levels, about 1e-2 after "
-            "normalization), and the antialiased downscale of the stretch case runs in "
-            "Pillow's float mode, one plane at a time (OpenCV has no antialiased "
-            "bilinear).\n\n"
+            "normalization). The resize-256/crop-224 case (an enlargement, then the "
+            "align-corners step) runs in OpenCV (`resize`, `warpAffine`); the stretch case's "
+            "antialiased downscale runs in the banded numpy path (each axis's composed map "
+            "as two batched BLAS products over strided windows; before: Pillow's float mode, "
+            "one plane at a time).\n\n"
             + markdown_table(["subnet", "preprocessing", "raw run", "infer_tensor",
                               "infer", "preprocess alone", "infer, numpy", "numpy "
                               "preprocess alone", "infer_tensor / raw", "infer / raw",

@@ -25,7 +25,15 @@ from export.preprocess import (  # noqa: E402
 
 PRE = {"resize": None, "crop": 16, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
        "channel_order": "RGB", "input_scale": 255.0}
-IMPLS = [preprocess_images, preprocess_reference]
+
+
+def _banded(images, pre, resolution):
+    """preprocess_images without OpenCV: the banded path takes every image."""
+    return preprocess._preprocess(images, pre, resolution, None)
+
+
+IMPLS = [preprocess_images, _banded, preprocess_reference]
+IDS = ["library", "banded", "numpy"]
 
 
 def _img(h: int, w: int, seed: int = 1) -> np.ndarray:
@@ -59,7 +67,7 @@ needs_library = pytest.mark.skipif(fast_backend() == "numpy",
 
 # ------------------------------------------------------------------ geometry and parity
 
-@pytest.mark.parametrize("impl", IMPLS, ids=["library", "numpy"])
+@pytest.mark.parametrize("impl", IMPLS, ids=IDS)
 @pytest.mark.parametrize("shape, resize, crop, res, mode", [
     ((16, 16), None, 16, 12, None),             # only the subnet resize
     ((16, 16), None, 16, 16, None),             # nothing at all
@@ -97,24 +105,46 @@ def test_photo_sizes_match_the_training_side(resize, crop, res, mode) -> None:
         assert np.abs(impl([img], pre, res) - ref).max() < 5e-5
 
 
-@needs_library
-def test_library_path_equals_the_numpy_reference_on_random_geometry() -> None:
+@pytest.mark.parametrize("impl", [preprocess_images, _banded], ids=["library", "banded"])
+def test_fast_paths_equal_the_numpy_reference_on_random_geometry(impl) -> None:
+    """Both modes, down- and upscales, odd sizes, BGR, grayscale, and lists of mixed sizes."""
     rng = np.random.default_rng(3)
-    for _ in range(25):
-        h, w = (int(v) for v in rng.integers(5, 90, 2))
+    for _ in range(40):
         crop = int(rng.integers(4, 40))
         resize = None if rng.random() < 0.3 else int(rng.integers(crop, 60))
         pre = dict(PRE, resize=resize, crop=crop,
                    resize_mode=str(rng.choice(["shorter_side", "stretch"])),
                    channel_order=str(rng.choice(["RGB", "BGR"])))
         res = int(rng.integers(1, 48))
-        img = _img(h, w, seed=int(rng.integers(1 << 30)))
-        np.testing.assert_allclose(preprocess_images(img, pre, res),
-                                   preprocess_reference(img, pre, res), atol=2e-5, rtol=0,
-                                   err_msg=str((h, w, pre, res)))
+        imgs = [_img(*(int(v) for v in rng.integers(5, 90, 2)), seed=int(rng.integers(1 << 30)))
+                for _ in range(int(rng.integers(1, 4)))]
+        if rng.random() < 0.3:
+            imgs[0] = imgs[0][:, :, 0]
+        np.testing.assert_allclose(impl(imgs, pre, res), preprocess_reference(imgs, pre, res),
+                                   atol=2e-5, rtol=0,
+                                   err_msg=str(([i.shape for i in imgs], pre, res)))
 
 
-@pytest.mark.parametrize("impl", IMPLS, ids=["library", "numpy"])
+def test_banded_windows_hold_every_tap() -> None:
+    """The regular windows (over the zero-padded axis) hold each block's weights exactly."""
+    for n_in, n_res, start, crop, res in [(224, 256, 16, 224, 128), (224, 128, 0, 128, 128),
+                                          (300, 256, 0, 256, 224), (7, 16, 0, 16, 3),
+                                          (50, 24, 0, 20, 1), (90, 31, 0, 31, 47)]:
+        m = preprocess._axis_matrix(n_in, n_res, start, crop, res)
+        band = preprocess._Band(m, 8)
+        before, after = band.pad
+        assert band.first + band.step * (band.blocks - 1) + band.span <= before + n_in + after
+        dense = np.zeros((band.blocks * 8, before + n_in + after))
+        for b in range(band.blocks):
+            first = band.first + band.step * b
+            dense[b * 8:(b + 1) * 8, first:first + band.span] = band.weights[b]
+        np.testing.assert_array_equal(dense[:res, before:before + n_in], m)
+        assert not dense[:, :before].any() and not dense[:, before + n_in:].any()
+    # a 224 -> 128 stretch: 8 outputs advance 14 inputs; windows of 17 (29 without padding)
+    assert preprocess._Band(preprocess._axis_matrix(224, 128, 0, 128, 128), 8).span <= 18
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=IDS)
 def test_grayscale_rgba_bgr_and_float_inputs(impl) -> None:
     rgb = _img(21, 27)
     gray = rgb[:, :, 1]
@@ -129,7 +159,7 @@ def test_grayscale_rgba_bgr_and_float_inputs(impl) -> None:
                                atol=1e-6)
 
 
-@pytest.mark.parametrize("impl", IMPLS, ids=["library", "numpy"])
+@pytest.mark.parametrize("impl", IMPLS, ids=IDS)
 def test_a_list_of_sizes_is_each_image_alone(impl) -> None:
     imgs = [_img(20, 20), _img(33, 17, 2), _img(8, 8, 3)[:, :, 0], _img(64, 40, 4)]
     out = impl(imgs, PRE, 12)
@@ -138,7 +168,7 @@ def test_a_list_of_sizes_is_each_image_alone(impl) -> None:
         np.testing.assert_array_equal(out[i], impl([img], PRE, 12)[0])
 
 
-@pytest.mark.parametrize("impl", IMPLS, ids=["library", "numpy"])
+@pytest.mark.parametrize("impl", IMPLS, ids=IDS)
 def test_bad_inputs_are_usage_errors(impl) -> None:
     with pytest.raises(ExportUsageError, match="expected H x W x 3"):
         impl([np.zeros((4, 4, 5), np.uint8)], PRE, 12)
@@ -150,15 +180,15 @@ def test_bad_inputs_are_usage_errors(impl) -> None:
         impl(_img(8, 8), dict(PRE, resize_mode="fit"), 12)
 
 
-def test_without_opencv_the_numpy_reference_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_opencv_the_banded_path_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(preprocess, "_import_cv2", lambda: None)
     preprocess.fast_backend.cache_clear()
     try:
         assert fast_backend() == "numpy"
         img = _img(30, 41)
         pre = dict(PRE, resize=20, crop=16)
-        np.testing.assert_array_equal(preprocess_images(img, pre, 12),
-                                      preprocess_reference(img, pre, 12))
+        np.testing.assert_allclose(preprocess_images(img, pre, 12),
+                                   preprocess_reference(img, pre, 12), atol=2e-6, rtol=0)
     finally:
         preprocess.fast_backend.cache_clear()
 
