@@ -47,68 +47,39 @@ def train_cmd(config: str | None, overrides: tuple[str, ...], out_dir: str | Non
     """Train with MutualNet per CONFIG (a .yml path or app:apps/NAME.yml; default: the tiny
     demo on the bundled CIFAR-10 subset). With test_only: true and pretrained: PATH,
     evaluate that checkpoint instead."""
-    from ..config import load_config
-    from ..train.loop import default_out_dir, stored_config, train
+    from ..train.loop import default_out_dir, run_config, train
 
     with _config_warnings():
-        if resume and config is None and not overrides:
-            if out_dir is None:
-                raise UsageError("--resume needs --out DIR (the run to continue) or a CONFIG "
-                                 "whose log_dir names it")
-            cfg = stored_config(out_dir)
-        else:
-            cfg = load_config(config, overrides)
-    flags: dict[str, Any] = {}
-    if epochs is not None:
-        flags["num_epochs"] = epochs
-    if device is not None:
-        flags["device"] = device
-    if out_dir is not None:
-        flags["log_dir"] = out_dir
-    if flags:
-        cfg = cfg.replace(**flags)
+        cfg = run_config(config, overrides, out_dir=out_dir, resume=resume, epochs=epochs,
+                         device=device)
     out = Path(out_dir) if out_dir is not None else default_out_dir(cfg)
     if cfg.test_only:
-        assert cfg.pretrained is not None
-        source = _checkpoint_to_evaluate(cfg, out)
-        _run_eval(source, widths=list(cfg.eval_widths()),
-                  resolutions=list(cfg.resolution_list or ()), data=None, out_dir=out / "eval",
-                  compare=(), calib_images=cfg.calib_images, limit=cfg.max_val_images,
-                  device=cfg.device, progress=not quiet, config=cfg,
-                  label=Path(cfg.pretrained).name if source != cfg.pretrained else None)
+        _test_only(cfg, out, progress=not quiet)
         return
-    if not resume and (out / "checkpoint.safetensors").exists() and cfg.resume is None:
-        raise UsageError(f"{out} already holds a checkpoint; pass --resume to continue it or "
-                         "choose another --out")
     result = train(cfg, out, resume=resume, progress=not quiet)
     if not result.history:
         click.echo(f"nothing to do: {out} already completed {result.epoch} of "
                    f"{result.config.num_epochs} epochs (checkpoint {result.checkpoint})")
         return
-    last = result.history[-1] if result.history else {}
-    val = last.get("val", {})
+    val = result.history[-1].get("val", {})
     summary = "  ".join(f"{k} top-1 {v['top1']:.2f}%" for k, v in val.items())
     click.echo(f"trained {result.epoch} epochs ({result.step} steps) in {result.wall_s:.1f} s; "
                f"checkpoint {result.checkpoint}" + (f"; {summary}" if summary else ""))
 
 
-def _checkpoint_to_evaluate(cfg: Any, out: Path) -> str:
-    """``cfg.pretrained`` itself, or for external weights (torchvision .pth, TFLite) the
-    mutualnet checkpoint they are imported into first: ``OUT/imported/``."""
-    from ..checkpoint import build_model, save_checkpoint
-    from ..train.loop import load_pretrained_weights
-    from ..weights import external_format
+def _test_only(cfg: Any, out: Path, *, progress: bool) -> None:
+    """Evaluate ``cfg.pretrained`` (imported into OUT/imported/ first when external)."""
+    from ..weights.save import import_pretrained_for_eval
 
-    assert cfg.pretrained is not None
-    if external_format(cfg.pretrained) is None:
-        return str(cfg.pretrained)
-    net = build_model(cfg)
-    report = load_pretrained_weights(net, cfg)
-    assert report is not None
-    path = save_checkpoint(out / "imported", net, cfg.replace(test_only=False, pretrained=None),
-                           extra_meta={"imported": report.to_dict()})
-    click.echo(f"pretrained: {report.summary()}\nimported weights saved as {path}", err=True)
-    return str(path)
+    source, report = import_pretrained_for_eval(cfg, out)
+    if report is not None:
+        click.echo(f"pretrained: {report.summary()}\nimported weights saved as {source}",
+                   err=True)
+    _run_eval(source, widths=list(cfg.eval_widths()),
+              resolutions=list(cfg.resolution_list or ()), data=None, out_dir=out / "eval",
+              compare=(), calib_images=cfg.calib_images, limit=cfg.max_val_images,
+              device=cfg.device, progress=progress, config=cfg,
+              label=Path(cfg.pretrained).name if report is not None else None)
 
 
 def _parse_data(value: str | None) -> tuple[str, str | None] | None:

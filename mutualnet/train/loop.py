@@ -17,7 +17,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -85,6 +85,27 @@ def resolve_device(name: str, info: D.DistInfo | None = None) -> torch.device:
 
 def default_out_dir(config: TrainConfig) -> Path:
     return Path(config.log_dir) if config.log_dir else Path("runs") / config.model
+
+
+def run_config(config: str | None = None, overrides: Sequence[str] = (), *,
+               out_dir: str | os.PathLike[str] | None = None, resume: bool = False,
+               epochs: int | None = None, device: str | None = None) -> TrainConfig:
+    """The config ``mutualnet train`` runs: CONFIG (a path or app:apps/NAME.yml; None: the
+    defaults) with ``--set`` overrides, then the flags. ``resume`` with neither a config nor
+    overrides continues with the run's own stored config (``out_dir`` names the run)."""
+    from ..config import load_config
+
+    if resume and config is None and not overrides:
+        if out_dir is None:
+            raise UsageError("--resume needs --out DIR (the run to continue) or a CONFIG "
+                             "whose log_dir names it")
+        cfg = stored_config(out_dir)
+    else:
+        cfg = load_config(config, overrides)
+    flags: dict[str, Any] = {"num_epochs": epochs, "device": device,
+                             "log_dir": None if out_dir is None else str(out_dir)}
+    flags = {k: v for k, v in flags.items() if v is not None}
+    return cfg.replace(**flags) if flags else cfg
 
 
 def stored_config(path: str | os.PathLike[str]) -> TrainConfig:
@@ -373,6 +394,9 @@ def _start(config: TrainConfig, out: Path, info: D.DistInfo, device: torch.devic
     """Set the run up, restored from ``resume_from`` when given; the out dir exists after."""
     if resume_from is not None:
         check_resume_config(config, stored_config(resume_from), resume_from)
+    elif (out / CHECKPOINT_FILE).exists():
+        raise UsageError(f"{out} already holds a checkpoint; pass --resume to continue it or "
+                         "choose another --out")
     run = _setup(config, out, info, device, fresh=resume_from is None, progress=progress)
     if resume_from is not None:
         _restore(run, resume_from)
@@ -424,4 +448,4 @@ def train(
 
 __all__ = ["METRICS_FILE", "STATE_FILE", "TrainResult", "train", "stored_config",
            "resolve_device", "default_out_dir", "epoch_eval", "check_resume_config",
-           "load_pretrained_weights"]
+           "load_pretrained_weights", "run_config"]
