@@ -294,7 +294,7 @@ def run_eval(
     *,
     widths: Sequence[float] | None = None,
     resolutions: Sequence[int] | None = None,
-    data: tuple[str, str | None] | None = None,
+    data: str | tuple[str, str | None] | None = None,
     out_dir: str | os.PathLike[str] | None = None,
     compare: Sequence[str] = (),
     calib_images: int | None = None,
@@ -306,20 +306,23 @@ def run_eval(
 ) -> EvalReport:
     """Load a checkpoint, calibrate + evaluate its (w, r) grid, write CSV/JSON/PNG.
 
-    ``data`` = (dataset, root) evaluates on other data than the checkpoint's config names;
+    ``data`` evaluates on other data than the checkpoint's config names: a ``--data`` value
+    (:func:`mutualnet.data.parse_data_arg`; a folder is read as the checkpoint's data set
+    kind) or a (dataset, root) pair;
     ``compare`` lists other checkpoints (evaluated on the same grid and data) or eval.json
     files to overlay. ``config`` (test_only runs) must describe the checkpoint's model.
     """
     from .checkpoint import check_compatible, load_checkpoint, read_metadata
-    from .data import load_data
-    from .train.loop import resolve_device
+    from .data import load_data, parse_data_arg
+    from .device import resolve_device
 
     ck = load_checkpoint(checkpoint, map_location="cpu")
     if config is not None:
         check_compatible(config, read_metadata(ck.path), ck.path)
     cfg = config if config is not None else ck.config
     if data is not None:
-        cfg = cfg.replace(dataset=data[0], dataset_dir=data[1])
+        dataset, root = parse_data_arg(data, cfg.dataset) if isinstance(data, str) else data
+        cfg = cfg.replace(dataset=dataset, dataset_dir=root)
     dev = resolve_device(device or cfg.device)
     model = ck.model.to(dev)
     widths = list(widths) if widths else list(cfg.eval_widths())

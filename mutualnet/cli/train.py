@@ -82,13 +82,6 @@ def _test_only(cfg: Any, out: Path, *, progress: bool) -> None:
               label=Path(cfg.pretrained).name if report is not None else None)
 
 
-def _parse_data(value: str | None) -> tuple[str, str | None] | None:
-    if value is None:
-        return None
-    name, sep, root = value.partition(":")
-    return name, (root if sep else None)
-
-
 def _run_eval(checkpoint: str, *, widths: list[float] | None, resolutions: list[int] | None,
               data: str | None, out_dir: Path | None, compare: tuple[str, ...],
               calib_images: int | None, limit: int | None, device: str | None,
@@ -96,7 +89,7 @@ def _run_eval(checkpoint: str, *, widths: list[float] | None, resolutions: list[
     from ..evaluate import run_eval
 
     report = run_eval(checkpoint, widths=widths, resolutions=resolutions,
-                      data=_parse_data(data), out_dir=out_dir, compare=list(compare),
+                      data=data, out_dir=out_dir, compare=list(compare),
                       calib_images=calib_images, limit=limit, device=device,
                       progress=progress, label=label, config=config)
     click.echo(report.table)
@@ -110,8 +103,9 @@ def _run_eval(checkpoint: str, *, widths: list[float] | None, resolutions: list[
               help="Comma list of widths [default: width_mult_list or 4 spaced in the range].")
 @click.option("--resolutions", type=INTS, default=None,
               help="Comma list of resolutions [default: the config's resolution_list].")
-@click.option("--data", default=None, metavar="DATASET[:ROOT]",
-              help="Evaluate on other data, e.g. npz:/path/cifar10_jpeg.npz, cifar100:/data/c100, "
+@click.option("--data", default=None, metavar="NAME|NAME:PATH|PATH",
+              help="Evaluate on other data: NAME, NAME:PATH, a .npz file or a folder, e.g. "
+                   "npz:../shared/data/cifar10_jpeg.npz, cifar100:/data/c100, "
                    "imagefolder:/data/imagenet [default: the checkpoint's].")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Where eval.csv/json/png go [default: <run dir>/eval].")

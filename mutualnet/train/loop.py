@@ -36,6 +36,7 @@ from ..checkpoint import (
     save_checkpoint,
 )
 from ..config import TrainConfig, config_from_dict
+from ..device import resolve_device
 from ..errors import ConfigError, TrainingDivergedError, UsageError
 from ..slimmable import SlimmableNet
 from . import distributed as D
@@ -70,17 +71,6 @@ class TrainResult:
     lrs: tuple[float, ...]  # learning rate of every step this call ran
     wall_s: float
     config: TrainConfig
-
-
-def resolve_device(name: str, info: D.DistInfo | None = None) -> torch.device:
-    """``auto`` -> CUDA when available (this rank's GPU under torchrun), else CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"device {name!r} requested but CUDA is not available; use --device cpu")
-    if name == "cuda" and info is not None and info.enabled:
-        return torch.device("cuda", info.local_rank)
-    return torch.device(name)
 
 
 def default_out_dir(config: TrainConfig) -> Path:
@@ -429,7 +419,8 @@ def train(
     t_start = time.perf_counter()
     info = D.init_distributed(resolve_device(config.device).type)
     try:
-        device = resolve_device(config.device, info)
+        device = resolve_device(config.device,
+                                local_rank=info.local_rank if info.enabled else None)
         out = Path(out_dir) if out_dir is not None else default_out_dir(config)
         resume_from = out if resume else (Path(config.resume) if config.resume else None)
         run = _start(config, out, info, device, resume_from=resume_from, progress=progress)
