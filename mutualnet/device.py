@@ -72,8 +72,11 @@ def usable_cores() -> int:
 
 
 def default_threads(decode_workers: int = 0) -> int:
-    """torch threads for this process: the usable cores less the decode worker processes
-    that share them (at least 1)."""
+    """torch threads for this process: ``OMP_NUM_THREADS`` when the user set it, else the
+    usable cores less the decode worker processes that share them (at least 1)."""
+    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
     return max(1, usable_cores() - max(0, int(decode_workers)))
 
 

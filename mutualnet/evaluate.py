@@ -4,7 +4,8 @@
 ``evaluate_grid`` calibrates and evaluates every (w, r) pair and returns points sorted by
 MACs; ``write_grid`` saves them as CSV, JSON and an accuracy-vs-MACs PNG with the Pareto
 front marked (optionally overlaying other runs); ``best_within_budget`` answers the paper's
-query "most accurate subnet within X MFLOPs".
+query "most accurate subnet within X million MACs". Subnets are named by
+:func:`subnet_id` (``w0.25-r20``) everywhere on the training side.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ if TYPE_CHECKING:
 GRID_CSV = "eval.csv"
 GRID_JSON = "eval.json"
 GRID_PNG = "eval.png"
+
+
+def subnet_id(width: float, resolution: int) -> str:
+    """The id of subnet (width, resolution): ``w1.00-r32`` (the manifest uses the same)."""
+    return f"w{float(width):.2f}-r{int(resolution)}"
 
 
 @dataclass(frozen=True)
@@ -64,7 +70,7 @@ class GridPoint:
 
     @property
     def id(self) -> str:
-        return f"w{self.width:.2f}-r{self.resolution}"
+        return subnet_id(self.width, self.resolution)
 
 
 @torch.no_grad()
@@ -228,7 +234,7 @@ def write_grid(points: Sequence[GridPoint], out_dir: str | os.PathLike[str], *,
 
 
 def plot_grid(runs: Sequence[tuple[str, Sequence[GridPoint]]], path: Path) -> None:
-    """Accuracy (top-1) vs MFLOPs, one colour per run, its Pareto front as a line."""
+    """Accuracy (top-1) vs million MACs, one colour per run, its Pareto front as a line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -250,7 +256,7 @@ def plot_grid(runs: Sequence[tuple[str, Sequence[GridPoint]]], path: Path) -> No
     ax.xaxis.set_major_formatter(plain)
     ax.xaxis.set_minor_formatter(plain)
     ax.tick_params(axis="x", which="minor", labelsize=7)
-    ax.set_xlabel("MFLOPs (MACs), log scale")
+    ax.set_xlabel("million MACs, log scale")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title("Accuracy vs computation per (width, resolution)")
     ax.grid(True, which="both", alpha=0.3)

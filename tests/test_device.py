@@ -62,17 +62,23 @@ def test_the_config_and_the_export_pipeline_use_the_same_rule() -> None:
 
 
 def test_usable_cores_follow_the_affinity_mask(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 5}, raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
     assert dev.usable_cores() == 3
     assert dev.default_threads() == 3
     assert dev.default_threads(decode_workers=2) == 1
     assert dev.default_threads(decode_workers=8) == 1  # never below one
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's explicit choice wins
+    assert dev.default_threads(decode_workers=2) == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "junk")
+    assert dev.default_threads() == 3
     monkeypatch.delattr(os, "sched_getaffinity")
     assert dev.usable_cores() == 64  # no affinity call on this OS: all cores
 
 
 def test_configure_threads_sets_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
     monkeypatch.setattr(dev, "usable_cores", lambda: 3)
     try:
@@ -91,7 +97,8 @@ def test_a_fresh_process_gets_affinity_threads_and_one_interop_thread() -> None:
             "n = configure_threads()\n"
             "print(n, torch.get_num_threads(), torch.get_num_interop_threads(),"
             " len(os.sched_getaffinity(0)))")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env["PYTHONPATH"] = str(ROOT)
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                        cwd=ROOT, timeout=120)
     n, intra, inter, cores = map(int, p.stdout.split())

@@ -76,7 +76,7 @@ def test_epoch_metrics_include_calibrated_validation(tmp_path: Path) -> None:
                         max_val_images=200)
     result = train(cfg, tmp_path, progress=False)
     (record,) = result.history
-    assert set(record["val"]) == {"w1-r32", "w0.25-r20"}
+    assert set(record["val"]) == {"w1.00-r32", "w0.25-r20"}
     assert record["images_per_s"] > 0 and record["lr"] == result.lrs[-1]
     ck = load_checkpoint(tmp_path)
     assert ck.extra["val"] == record["val"] and ck.classes[0] == "airplane"

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from ._params import FLOATS, INTS
+from ._params import FLOATS, INTS, progress_option, threads_option
 
 
 @contextmanager
@@ -41,22 +41,25 @@ def _config_warnings() -> Iterator[None]:
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override num_epochs.")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (overrides device).")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@threads_option
+@progress_option
 def train_cmd(config: str | None, overrides: tuple[str, ...], out_dir: str | None, resume: bool,
-              epochs: int | None, device: str | None, quiet: bool) -> None:
+              epochs: int | None, device: str | None, threads: int | None,
+              progress: bool) -> None:
     """Train with MutualNet per CONFIG (a .yml path or app:apps/NAME.yml; default: the tiny
     demo on the bundled CIFAR-10 subset). With test_only: true and pretrained: PATH,
     evaluate that checkpoint instead."""
-    from ..train.loop import default_out_dir, run_config, train
+    from ..train.loop import configure_training_threads, default_out_dir, run_config, train
 
     with _config_warnings():
         cfg = run_config(config, overrides, out_dir=out_dir, resume=resume, epochs=epochs,
                          device=device)
+    configure_training_threads(cfg, threads)
     out = Path(out_dir) if out_dir is not None else default_out_dir(cfg)
     if cfg.test_only:
-        _test_only(cfg, out, progress=not quiet)
+        _test_only(cfg, out, progress=progress)
         return
-    result = train(cfg, out, resume=resume, progress=not quiet)
+    result = train(cfg, out, resume=resume, progress=progress)
     if not result.history:
         click.echo(f"nothing to do: {out} already completed {result.epoch} of "
                    f"{result.config.num_epochs} epochs (checkpoint {result.checkpoint})")
@@ -117,16 +120,20 @@ def _run_eval(checkpoint: str, *, widths: list[float] | None, resolutions: list[
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Evaluate only the first N validation images.")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@threads_option
+@progress_option
 def eval_cmd(checkpoint: str, widths: list[float] | None, resolutions: list[int] | None,
              data: str | None, out_dir: str | None, compare: tuple[str, ...], label: str | None,
              calib_images: int | None, limit: int | None, device: str | None,
-             quiet: bool) -> None:
+             threads: int | None, progress: bool) -> None:
     """Calibrate BN and evaluate every (width, resolution) of CHECKPOINT; print the table by
     MACs and write eval.csv, eval.json and eval.png (accuracy vs MACs, Pareto front)."""
+    from ..device import configure_threads
+
+    configure_threads(threads)
     _run_eval(checkpoint, widths=widths, resolutions=resolutions, data=data,
               out_dir=Path(out_dir) if out_dir else None, compare=compare,
-              calib_images=calib_images, limit=limit, device=device, progress=not quiet,
+              calib_images=calib_images, limit=limit, device=device, progress=progress,
               label=label)
 
 

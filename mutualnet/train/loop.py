@@ -73,6 +73,17 @@ class TrainResult:
     config: TrainConfig
 
 
+def configure_training_threads(config: TrainConfig, threads: int | None = None) -> int:
+    """Set this process's torch threads for training per ``config``: ``threads``, or by
+    default the cores this process may use less the decode workers that run beside it (a
+    per-image DataLoader's; in-memory data decodes up front and runs none). Returns the
+    count (see :func:`mutualnet.device.configure_threads`)."""
+    from ..device import configure_threads
+
+    spec = config.data_spec("train")
+    return configure_threads(threads, decode_workers=0 if spec.uses_memory else spec.workers)
+
+
 def default_out_dir(config: TrainConfig) -> Path:
     return Path(config.log_dir) if config.log_dir else Path("runs") / config.model
 
@@ -155,7 +166,7 @@ def epoch_eval(net: SlimmableNet, config: TrainConfig, train_data: Any, val_data
                device: torch.device) -> dict[str, dict[str, float]]:
     """BN-calibrated top-1/top-5 of the largest and smallest subnets, on a copy of the model."""
     from ..calibrate import calibrate_bn
-    from ..evaluate import evaluate
+    from ..evaluate import evaluate, subnet_id
 
     probe = copy.deepcopy(net)
     out = {}
@@ -165,7 +176,7 @@ def epoch_eval(net: SlimmableNet, config: TrainConfig, train_data: Any, val_data
         calibrate_bn(probe, w, r, train_data, num_images=min(config.calib_images, len(train_data)),
                      batch_size=config.calib_batch_size, device=device, seed=config.random_seed)
         res = evaluate(probe, w, r, val_data, batch_size=config.eval_batch_size, device=device)
-        out[f"w{w:g}-r{r}"] = {"top1": round(res.top1, 3), "top5": round(res.top5, 3)}
+        out[subnet_id(w, r)] = {"top1": round(res.top1, 3), "top5": round(res.top5, 3)}
     return out
 
 
@@ -439,4 +450,5 @@ def train(
 
 __all__ = ["METRICS_FILE", "STATE_FILE", "TrainResult", "train", "stored_config",
            "resolve_device", "default_out_dir", "epoch_eval", "check_resume_config",
-           "load_pretrained_weights", "run_config"]
+           "load_pretrained_weights", "run_config",
+           "configure_training_threads"]
