@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -134,6 +135,12 @@ def report(goal: list[Run], options: list[Run], args: argparse.Namespace) -> str
             + markdown_table(head, goal_rows)
             + f"\n\nGoal: at most 2.5x. Measured: {ratio:.2f}x "
             f"({'met' if ratio <= 2.5 else 'NOT met'}).\n")
+    busiest = max(r.load1 for r in goal)
+    if busiest > 1.5:
+        text += (f"\nOther processes loaded the machine during this run (load average up to "
+                 f"{busiest:.1f} before a run): the 'alone' runs were not alone, so the ratio "
+                 "is lower than on an idle machine; see the options table and "
+                 "docs/training.md for figures from a quieter machine.\n")
     if options:
         text += ("\nOptions, measured in the same run (one pair each, "
                  f"{args.option_epochs} epoch(s)): `default` = the shipped defaults; `spin` = "
@@ -160,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         goal = measure(["default"], args.epochs, args.pairs, Path(tmp))
         opts = measure(options, args.option_epochs, 1, Path(tmp)) if options else []
     body = report(goal, opts, args)
-    command = "python benchmarks/train_threads.py" + (" " + " ".join(argv) if argv else "")
+    command = shlex.join(["python", "benchmarks/train_threads.py", *(argv or [])])
     if args.no_write:
         print(body)
     else:
