@@ -26,6 +26,7 @@ import os
 import resource
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -159,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--option-epochs", type=int, default=1)
     ap.add_argument("--no-write", action="store_true", help="print; leave BENCHMARKS.md")
     args = ap.parse_args(argv)
+    # a SIGTERM (timeout, Ctrl-C of a wrapper) unwinds, so the busy loop is killed too
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     options = [c for c in args.options.split(",") if c.strip()]
     unknown = [c for c in options if c not in CASES]
     if unknown:
