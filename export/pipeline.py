@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from mutualnet.config import MAX_RESOLUTION
+from mutualnet.device import resolve_device
 from mutualnet.fileio import directory_lock, fault_point, terminate_as_exception
 
 from .backends import make_runner
@@ -243,50 +244,18 @@ def parse_pairs(text: str) -> tuple[Pair, ...]:
     return tuple(out)
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when a CUDA device is present, else ``cpu``; checks the others."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ExportUsageError(f"--device {device}: no CUDA device here; use --device cpu")
-    if not device.startswith(("cpu", "cuda")):
-        raise ExportUsageError(f"unknown device {device!r}; use auto, cpu or cuda")
-    return device
-
-
 def resolve_data_spec(config: Any, data: str | None) -> Any:
     """The data to calibrate and check on: the config's, or ``data`` instead.
 
-    ``data`` is a data set name (``cifar10_bundled``), ``NAME:PATH`` (``npz:/d/x.npz``,
-    ``imagefolder:/d/imagenet``), a ``.npz`` file, or a folder (read as the config's data set
-    kind when that takes a folder, else as an ImageFolder root).
+    ``data`` is a ``--data`` value, parsed by :func:`mutualnet.data.parse_data_arg`: a data
+    set name, ``NAME:PATH``, a ``.npz`` file, or a folder.
     """
     if data:
-        dataset, root = _data_source(data, config.dataset)
+        from mutualnet.data import parse_data_arg
+
+        dataset, root = parse_data_arg(data, config.dataset)
         config = config.replace(dataset=dataset, dataset_dir=root)
     return config.data_spec()
-
-
-def _data_source(data: str, current: str) -> tuple[str, str | None]:
-    """(dataset, root) that ``--data`` names; ``current`` is the checkpoint's data set."""
-    from mutualnet.data import DATASETS
-
-    name, sep, root = data.partition(":")
-    if sep and name in DATASETS:
-        return name, root or None
-    if data in DATASETS:
-        return data, None
-    path = Path(data).expanduser()
-    if not path.exists():
-        raise ExportUsageError(f"--data {data}: no such file or folder, and not a data set name "
-                               f"({', '.join(DATASETS)}); give NAME, NAME:PATH, a .npz or a "
-                               "folder")
-    if path.is_file():
-        return "npz", str(path)
-    kind = current if current in ("cifar10", "cifar100", "imagefolder") else "imagefolder"
-    return kind, str(path)
 
 
 # --------------------------------------------------------------------------- the pipeline
@@ -352,7 +321,7 @@ def _export_locked(checkpoint: Path, out: Path, options: ExportOptions,
     from mutualnet.data import preprocessing
 
     profile = load_profile(options.profile)
-    options = dataclasses.replace(options, device=resolve_device(options.device))
+    options = dataclasses.replace(options, device=str(resolve_device(options.device)))
     ckpt = load_checkpoint(checkpoint, map_location="cpu")
     model, config = ckpt.model.eval(), ckpt.config
     grid = plan_grid(model, widths=options.widths, resolutions=options.resolutions,

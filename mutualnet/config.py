@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from .device import is_device_name
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -34,10 +35,17 @@ if TYPE_CHECKING:
 
 METHODS = ("mutual", "us_net", "independent")
 WEIGHT_DECAY_SCOPES = ("all", "conv_linear")
+#: The data sets a config, ``--data`` and the export pipeline take (one list: the data
+#: package, the CLI and export/pipeline.py import it from here).
 DATASETS = ("cifar10_bundled", "npz", "cifar10", "cifar100", "imagefolder")
+#: The original project's names for them.
+DATASET_ALIASES = {"imagenet1k": "imagefolder", "imagenet": "imagefolder"}
 TRANSFORMS = ("cifar", "imagenet_mobile", "imagenet_basic")
-DEVICES = ("auto", "cpu", "cuda")
-RESIZE_MODES = ("shorter_side", "stretch")  # = mutualnet.data.spec.RESIZE_MODES
+#: How evaluation resizes an image: "shorter_side" (keep the aspect ratio, shorter side ->
+#: ``resize``, then center crop) or "stretch" (both sides -> ``resize``, squashing the aspect
+#: ratio, as the TFLite interpreter's users feed its MobileNets). The torch-free runtime
+#: (export/runtime.py) keeps its own copy; tests/test_data.py checks they agree.
+RESIZE_MODES = ("shorter_side", "stretch")
 #: The largest input side anything accepts (a 2048 px batch of 256 is 12 GB of float32).
 MAX_RESOLUTION = 2048
 
@@ -204,7 +212,6 @@ _MODEL_ALIASES = {
     "resnet": "resnet", "s_resnet": "resnet", "us_resnet": "resnet",
     "wideresnet": "wideresnet", "wrn": "wrn",
 }
-_DATASET_ALIASES = {"imagenet1k": "imagefolder", "imagenet": "imagefolder"}
 _TRANSFORM_ALIASES = {"imagenet1k_mobile": "imagenet_mobile", "imagenet1k_basic": "imagenet_basic"}
 _LEGACY_MODEL_ARGS = ("depth", "widen_factor", "dropoutrate")
 
@@ -233,7 +240,7 @@ def _translate(d: dict[str, Any], source: str) -> dict[str, Any]:
             d[key] = None
     legacy = {k: d.pop(k) for k in _LEGACY_MODEL_ARGS if k in d}
     if isinstance(d.get("dataset"), str):
-        d["dataset"] = _DATASET_ALIASES.get(d["dataset"], d["dataset"])
+        d["dataset"] = DATASET_ALIASES.get(d["dataset"], d["dataset"])
     if isinstance(d.get("data_transforms"), str):
         d["data_transforms"] = _TRANSFORM_ALIASES.get(d["data_transforms"], d["data_transforms"])
     model = d.get("model")
@@ -411,7 +418,7 @@ def _validate(c: TrainConfig) -> None:
     need(c.weight_decay_scope is None or c.weight_decay_scope in WEIGHT_DECAY_SCOPES,
          f"weight_decay_scope must be one of {', '.join(WEIGHT_DECAY_SCOPES)}, "
          f"got {c.weight_decay_scope!r}")
-    need(c.device in DEVICES or c.device.startswith("cuda:"),
+    need(is_device_name(c.device),
          f"device must be auto, cpu, cuda or cuda:N, got {c.device!r}")
     if c.width_mult_range is not None:
         lo, hi = c.width_mult_range

@@ -4,7 +4,8 @@
 ``evaluate_grid`` calibrates and evaluates every (w, r) pair and returns points sorted by
 MACs; ``write_grid`` saves them as CSV, JSON and an accuracy-vs-MACs PNG with the Pareto
 front marked (optionally overlaying other runs). The paper's query "most accurate subnet
-within X MACs" is ``mutualnet best`` (the one budget rule, ``export.budget.choose``).
+within X million MACs" is ``mutualnet best`` (the one budget rule, ``export.budget.choose``).
+Subnets are named by :func:`subnet_id` (``w0.25-r20``) everywhere on the training side.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ if TYPE_CHECKING:
 GRID_CSV = "eval.csv"
 GRID_JSON = "eval.json"
 GRID_PNG = "eval.png"
+
+
+def subnet_id(width: float, resolution: int) -> str:
+    """The id of subnet (width, resolution): ``w1.00-r32`` (the manifest uses the same)."""
+    return f"w{float(width):.2f}-r{int(resolution)}"
 
 
 @dataclass(frozen=True)
@@ -64,7 +70,7 @@ class GridPoint:
 
     @property
     def id(self) -> str:
-        return f"w{self.width:.2f}-r{self.resolution}"
+        return subnet_id(self.width, self.resolution)
 
 
 @torch.no_grad()
@@ -215,7 +221,7 @@ def write_grid(points: Sequence[GridPoint], out_dir: str | os.PathLike[str], *,
 
 
 def plot_grid(runs: Sequence[tuple[str, Sequence[GridPoint]]], path: Path) -> None:
-    """Accuracy (top-1) vs MFLOPs, one colour per run, its Pareto front as a line."""
+    """Accuracy (top-1) vs million MACs, one colour per run, its Pareto front as a line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -237,7 +243,7 @@ def plot_grid(runs: Sequence[tuple[str, Sequence[GridPoint]]], path: Path) -> No
     ax.xaxis.set_major_formatter(plain)
     ax.xaxis.set_minor_formatter(plain)
     ax.tick_params(axis="x", which="minor", labelsize=7)
-    ax.set_xlabel("MFLOPs (MACs), log scale")
+    ax.set_xlabel("million MACs, log scale")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title("Accuracy vs computation per (width, resolution)")
     ax.grid(True, which="both", alpha=0.3)
@@ -281,7 +287,7 @@ def run_eval(
     *,
     widths: Sequence[float] | None = None,
     resolutions: Sequence[int] | None = None,
-    data: tuple[str, str | None] | None = None,
+    data: str | tuple[str, str | None] | None = None,
     out_dir: str | os.PathLike[str] | None = None,
     compare: Sequence[str] = (),
     calib_images: int | None = None,
@@ -293,20 +299,23 @@ def run_eval(
 ) -> EvalReport:
     """Load a checkpoint, calibrate + evaluate its (w, r) grid, write CSV/JSON/PNG.
 
-    ``data`` = (dataset, root) evaluates on other data than the checkpoint's config names;
+    ``data`` evaluates on other data than the checkpoint's config names: a ``--data`` value
+    (:func:`mutualnet.data.parse_data_arg`; a folder is read as the checkpoint's data set
+    kind) or a (dataset, root) pair;
     ``compare`` lists other checkpoints (evaluated on the same grid and data) or eval.json
     files to overlay. ``config`` (test_only runs) must describe the checkpoint's model.
     """
     from .checkpoint import check_compatible, load_checkpoint, read_metadata
-    from .data import load_data
-    from .train.loop import resolve_device
+    from .data import load_data, parse_data_arg
+    from .device import resolve_device
 
     ck = load_checkpoint(checkpoint, map_location="cpu")
     if config is not None:
         check_compatible(config, read_metadata(ck.path), ck.path)
     cfg = config if config is not None else ck.config
     if data is not None:
-        cfg = cfg.replace(dataset=data[0], dataset_dir=data[1])
+        dataset, root = parse_data_arg(data, cfg.dataset) if isinstance(data, str) else data
+        cfg = cfg.replace(dataset=dataset, dataset_dir=root)
     dev = resolve_device(device or cfg.device)
     model = ck.model.to(dev)
     widths = list(widths) if widths else list(cfg.eval_widths())

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Iterator
 
 import pytest
+
+# The commands default to one torch thread per usable core unless OMP_NUM_THREADS says
+# otherwise; the tests' tiny models run far faster with one on a shared CPU (in-process
+# CLI calls and the subprocesses alike).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def _has_cuda() -> bool:
@@ -17,9 +23,10 @@ def _has_cuda() -> bool:
         return False
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True)
 def _one_torch_thread() -> Iterator[None]:
-    """Tests run tiny models: one intra-op thread is far faster on a shared 2-core CPU."""
+    """Tests run tiny models: one intra-op thread is far faster on a shared 2-core CPU
+    (reset before every test: the CLI commands set the thread count themselves)."""
     try:
         import torch
     except ImportError:

@@ -90,3 +90,18 @@ def test_run_eval_on_a_checkpoint_and_compare(tiny_checkpoint, tmp_path: Path) -
                      calib_images=200, limit=100, progress=False,
                      compare=[str(tmp_path / "ev" / "eval.json")])
     assert json.loads(again.files["json"].read_text())["compare"] == [report.label]
+
+
+def test_evaluate_imports_nothing_of_training() -> None:
+    """train/loop.py calls evaluate for its per-epoch check; evaluate never imports train/
+    (no import circle), not even inside a function."""
+    import ast
+
+    import mutualnet.evaluate
+
+    tree = ast.parse(Path(mutualnet.evaluate.__file__).read_text())
+    modules = {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    modules |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for a in node.names}
+    assert not [m for m in modules if m == "train" or m.startswith(("train.", "mutualnet.train"))]
+    assert "device" in modules  # the device rule it used to borrow from train.loop

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from mutualnet.cli import cli
 
 QUICK = ["--set", "max_train_images=128", "--set", "batch_size=64", "--set",
-         "eval_each_epoch=false", "--device", "cpu", "--quiet"]
+         "eval_each_epoch=false", "--device", "cpu", "--no-progress"]
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -32,7 +32,7 @@ def run(*args: str) -> tuple[int, str]:
     (["eval", "x", "--widths", "a,b"], "not a number"),
 ])
 def test_bad_input_exits_2_with_one_line(args: list[str], match: str) -> None:
-    code, out = run(*args, *(["--quiet"] if args[0] == "train" else []))
+    code, out = run(*args, *(["--no-progress"] if args[0] == "train" else []))
     assert code == 2, out
     assert match in out
     assert len([line for line in out.splitlines() if line.startswith("Error")]) <= 1
@@ -60,7 +60,7 @@ def test_train_resume_and_refuse_overwrite(tmp_path: Path) -> None:
 def test_eval_best_and_test_only(tiny_checkpoint: Path, tmp_path: Path) -> None:
     ev = tmp_path / "ev"
     code, text = run("eval", tiny_checkpoint, "--widths", "0.25,1.0", "--resolutions", "32,20",
-                     "--limit", "200", "--calib-images", "200", "--out", ev, "--quiet")
+                     "--limit", "200", "--calib-images", "200", "--out", ev, "--no-progress")
     assert code == 0, text
     lines = text.splitlines()
     assert lines[0].split()[:5] == ["width", "res", "MACs", "top-1", "top-5"]
@@ -87,7 +87,7 @@ def test_eval_best_and_test_only(tiny_checkpoint: Path, tmp_path: Path) -> None:
     assert len(json.loads((out / "eval" / "eval.json").read_text())["points"]) == 3
 
     code, text = run("train", "--set", "model=mobilenet_v1", "--set", "test_only=true",
-                     "--set", f"pretrained={tiny_checkpoint}", "--out", out, "--quiet")
+                     "--set", f"pretrained={tiny_checkpoint}", "--out", out, "--no-progress")
     assert code == 2 and "'tiny_mobilenet'" in text and "'mobilenet_v1'" in text
 
 
@@ -113,3 +113,70 @@ def test_test_only_evaluates_external_torchvision_weights(tmp_path: Path) -> Non
     assert ck.extra["imported"]["format"] == "torchvision" and not ck.config.test_only
     ref = torch.load(pth)["features.0.0.weight"]
     assert torch.equal(ck.model.state_dict()["features.0.0.weight"], ref)
+
+
+def test_train_prints_full_ids_and_sets_threads(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    torch.set_num_threads(1)
+    code, text = run("train", "--epochs", "1", "--out", tmp_path / "a", "--set",
+                     "max_train_images=128", "--set", "batch_size=64", "--set",
+                     "max_val_images=64", "--set", "calib_images=64", "--device", "cpu",
+                     "--no-progress")
+    assert code == 0, text
+    assert "w1.00-r32 top-1" in text and "w0.25-r20 top-1" in text and "w1-r32" not in text
+    # default: the cores this process may use (in-memory data: no decode workers)
+    assert torch.get_num_threads() == len(os.sched_getaffinity(0))
+    code, text = run("train", "--epochs", "1", "--out", tmp_path / "b", *QUICK, "--threads", "1")
+    assert code == 0 and torch.get_num_threads() == 1, text
+    code, text = run("train", "--out", tmp_path / "c", *QUICK, "--threads", "0")
+    assert code == 2 and "--threads" in text and not (tmp_path / "c").exists()
+
+
+def test_training_threads_leave_room_for_decode_workers(monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path) -> None:
+    from mutualnet import device
+    from mutualnet.config import TrainConfig
+    from mutualnet.train.loop import configure_training_threads
+
+    monkeypatch.setattr(device, "usable_cores", lambda: 6)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        folder = TrainConfig(dataset="imagefolder", dataset_dir=str(tmp_path),
+                             data_loader_workers=2)
+        assert configure_training_threads(folder) == 4 and torch.get_num_threads() == 4
+        assert configure_training_threads(folder.replace(in_memory=True)) == 6
+        assert configure_training_threads(TrainConfig()) == 6  # bundled set: in memory
+        assert configure_training_threads(TrainConfig(), 2) == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "export"])
+def test_surface_progress_pair_threads_and_macs(command: str) -> None:
+    code, text = run(command, "--help")
+    assert code == 0
+    assert "--progress / --no-progress" in text and "--threads" in text
+    assert "--quiet" not in text  # a hidden alias of --no-progress
+    assert "MFLOPs" not in text and "mflops" not in text
+
+
+def test_quiet_is_no_progress(tmp_path: Path) -> None:
+    from mutualnet.cli._params import progress_option
+
+    seen: list[bool] = []
+
+    @progress_option
+    def cmd(progress: bool) -> None:
+        seen.append(progress)
+
+    import click
+
+    command = click.command()(cmd)
+    for args, want in (([], True), (["--quiet"], False), (["--no-progress"], False),
+                       (["--progress"], True), (["--progress", "--quiet"], False)):
+        CliRunner().invoke(command, args, catch_exceptions=False)
+        assert seen.pop() is want, args

@@ -76,7 +76,7 @@ def test_epoch_metrics_include_calibrated_validation(tmp_path: Path) -> None:
                         max_val_images=200)
     result = train(cfg, tmp_path, progress=False)
     (record,) = result.history
-    assert set(record["val"]) == {"w1-r32", "w0.25-r20"}
+    assert set(record["val"]) == {"w1.00-r32", "w0.25-r20"}
     assert record["images_per_s"] > 0 and record["lr"] == result.lrs[-1]
     ck = load_checkpoint(tmp_path)
     assert ck.extra["val"] == record["val"] and ck.classes[0] == "airplane"
@@ -239,3 +239,34 @@ def test_train_starts_from_external_weights(tmp_path: Path,
     weights = ckpt.model.state_dict()
     for key in ("features.0.0.weight", "features.10.conv.1.0.weight", "features.18.0.weight"):
         assert torch.equal(weights[key], state[key]), key
+
+
+def test_loop_steps_compose_into_train(tmp_path: Path) -> None:
+    """_start / _run_epoch / _end_epoch, called by hand, give what train() gives."""
+    cfg = SMALL.replace(num_epochs=2)
+    whole = train(cfg, tmp_path / "whole", stop_after_epochs=1, progress=False)
+    from mutualnet.train.distributed import DistInfo
+
+    run = loop._start(cfg, tmp_path / "steps", DistInfo(), torch.device("cpu"),
+                      resume_from=None, progress=False)
+    assert (run.epoch, run.step, run.steps_per_epoch) == (0, 0, 4)
+    assert not (tmp_path / "steps" / CHECKPOINT_FILE).exists()
+    sums = loop._run_epoch(run, progress=False, on_step=None)
+    assert (run.epoch, run.step, sums.steps, sums.images) == (1, 4, 4, 256)
+    record = loop._end_epoch(run, sums, progress=False)
+    assert record["loss"] == whole.history[0]["loss"] and run.lrs == list(whole.lrs)
+    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "steps")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    again = loop._start(cfg, tmp_path / "steps", DistInfo(), torch.device("cpu"),
+                        resume_from=tmp_path / "steps", progress=False)
+    assert (again.epoch, again.step) == (1, 4)  # _restore read the checkpoint _end_epoch saved
+
+
+def test_restore_refuses_a_schedule_of_other_data(tmp_path: Path) -> None:
+    train(SMALL.replace(num_epochs=1), tmp_path, progress=False)
+    from mutualnet.train.distributed import DistInfo
+
+    run = loop._setup(SMALL.replace(num_epochs=1, max_train_images=384), tmp_path, DistInfo(),
+                      torch.device("cpu"), fresh=False, progress=False)
+    with pytest.raises(ConfigError, match="saved schedule .4 steps.*same data and batch_size"):
+        loop._restore(run, tmp_path)

@@ -215,3 +215,30 @@ def test_imported_checkpoint_config_carries_the_preprocessing(
     assert (config.image_size, config.image_resize) == (224, 256)
     assert config.input_mean == tuple(IMAGENET_PREPROCESSING["mean"])
     assert preprocessing(config.data_spec()) == IMAGENET_PREPROCESSING
+
+
+def test_import_to_checkpoint_refuses_before_reading(tmp_path: Path) -> None:
+    """The library call behind `import-weights`: bad --out / --width fail before any work."""
+    from mutualnet.checkpoint import CHECKPOINT_FILE
+    from mutualnet.weights.save import import_to_checkpoint
+
+    missing = tmp_path / "never_read.pth"
+    with pytest.raises(UsageError, match="give a directory"):
+        import_to_checkpoint(missing, "mobilenet_v2", tmp_path / "x.safetensors")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / CHECKPOINT_FILE).write_bytes(b"old")
+    with pytest.raises(UsageError, match="pass --force"):
+        import_to_checkpoint(missing, "mobilenet_v2", tmp_path / "run")
+    with pytest.raises(UsageError, match="--width must be a positive number"):
+        import_to_checkpoint(missing, "mobilenet_v2", tmp_path / "new", width=float("inf"))
+    assert (tmp_path / "run" / CHECKPOINT_FILE).read_bytes() == b"old"
+
+
+def test_test_only_source_is_a_mutualnet_checkpoint_as_given(tiny_checkpoint: Path,
+                                                             tmp_path: Path) -> None:
+    from mutualnet.config import TrainConfig
+    from mutualnet.weights.save import import_pretrained_for_eval
+
+    cfg = TrainConfig(test_only=True, pretrained=str(tiny_checkpoint))
+    assert import_pretrained_for_eval(cfg, tmp_path) == (str(tiny_checkpoint), None)
+    assert not (tmp_path / "imported").exists()

@@ -67,4 +67,7 @@ _register()
 
 
 def main() -> None:
+    from ..device import passive_omp_default
+
+    passive_omp_default()  # before torch is imported: OpenMP threads wait without spinning
     sys.exit(cli.main(prog_name="mutualnet"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -64,3 +65,26 @@ FLOATS = NumberList(float)
 INTS = NumberList(int)
 RESOLUTIONS = NumberList(int, lo=1, hi=MAX_RESOLUTION)
 FINITE = FiniteFloat()
+
+
+def progress_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--progress/--no-progress`` (default on) and the old ``--quiet`` as a hidden alias of
+    ``--no-progress``; the command receives one ``progress: bool``."""
+
+    def merge(ctx: click.Context, param: click.Parameter, quiet: bool) -> bool:
+        if quiet:
+            ctx.params["progress"] = False
+        return quiet
+
+    command = click.option("--quiet", is_flag=True, hidden=True, expose_value=False,
+                           callback=merge, help="Same as --no-progress.")(command)
+    return click.option("--progress/--no-progress", default=True, show_default=True,
+                        is_eager=True, help="Progress bars on stderr.")(command)
+
+
+def threads_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--threads N``: torch CPU threads [default: the cores this process may use]."""
+    return click.option(
+        "--threads", type=click.IntRange(min=1), default=None,
+        help="CPU threads for torch [default: the cores this process may use (its CPU "
+             "affinity); train: less its data decode workers].")(command)

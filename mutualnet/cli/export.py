@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ._params import FLOATS, RESOLUTIONS
+from ._params import FLOATS, RESOLUTIONS, progress_option, threads_option
 
 
 @click.command("export")
@@ -36,19 +36,17 @@ from ._params import FLOATS, RESOLUTIONS
                    "always runs on the CPU.")
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript",
               show_default=True, help="ONNX exporter (torchscript is ~40x faster here).")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="torch intra-op threads [default: torch's]; 1 is often fastest on a busy "
-                   "CPU for small models.")
+@threads_option
 @click.option("--engines", is_flag=True,
               help="Then build TensorRT engines as `mutualnet build-engines OUT --profile "
                    "PROFILE` does (needs a TensorRT profile; writes build_engines.sh first).")
 @click.option("--force", is_flag=True, help="Replace a non-empty output directory.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@progress_option
 def export_cmd(checkpoint: Path, widths: list[float] | None, resolutions: list[int] | None,
                pairs: str | None, profile: str | None, out: Path | None,
                calib_images: int | None, eval_images: int, batch_size: int, data: str | None,
                device: str, exporter: str, threads: int | None, engines: bool, force: bool,
-               no_progress: bool) -> None:
+               progress: bool) -> None:
     """Export subnets of CHECKPOINT (a run directory or its .safetensors) for deployment.
 
     For each (width, resolution): BN calibration, a plain sliced model with BN folded
@@ -60,19 +58,18 @@ def export_cmd(checkpoint: Path, widths: list[float] | None, resolutions: list[i
     images (exit 1 with an install hint, after writing build_engines.sh, where tensorrt is
     missing).
     """
-    import torch
-
     from export.errors import ExportUsageError, ParityError
     from export.pipeline import ExportOptions, export_checkpoint, parse_pairs
     from export.profiles import load_profile
+
+    from ..device import configure_threads
 
     deploy = load_profile(profile)  # usage errors before any work
     if engines and deploy.runtime != "tensorrt":
         raise ExportUsageError(f"--engines needs a TensorRT deploy profile, and {deploy.name} "
                                f"targets {deploy.runtime}; pass --profile jetson-orin-nano, "
                                "server-a100, ... or drop --engines")
-    if threads is not None:
-        torch.set_num_threads(threads)
+    configure_threads(threads)
     if out is None:
         out = (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "export"
     options = ExportOptions(
@@ -81,7 +78,7 @@ def export_cmd(checkpoint: Path, widths: list[float] | None, resolutions: list[i
         pairs=parse_pairs(pairs) if pairs else None,
         profile=profile, calib_images=calib_images, eval_images=eval_images,
         batch_size=batch_size, data=data, force=force, exporter=exporter, device=device,
-        progress=not no_progress,
+        progress=progress,
     )
     report = export_checkpoint(checkpoint, out, options)
     for note in report.notes:
@@ -99,7 +96,7 @@ def export_cmd(checkpoint: Path, widths: list[float] | None, resolutions: list[i
         from .deploy import build_and_report
 
         build_and_report(report.out_dir, profile, parity_limit=eval_images,
-                         progress=not no_progress)
+                         progress=progress)
 
 
 COMMANDS = [export_cmd]

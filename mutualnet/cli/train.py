@@ -11,8 +11,7 @@ from typing import Any
 
 import click
 
-from ..errors import UsageError
-from ._params import FLOATS, RESOLUTIONS
+from ._params import FLOATS, RESOLUTIONS, progress_option, threads_option
 
 
 @contextmanager
@@ -41,81 +40,48 @@ def _config_warnings() -> Iterator[None]:
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override num_epochs.")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (overrides device).")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@threads_option
+@progress_option
 def train_cmd(config: str | None, overrides: tuple[str, ...], out_dir: str | None, resume: bool,
-              epochs: int | None, device: str | None, quiet: bool) -> None:
+              epochs: int | None, device: str | None, threads: int | None,
+              progress: bool) -> None:
     """Train with MutualNet per CONFIG (a .yml path or app:apps/NAME.yml; default: the tiny
     demo on the bundled CIFAR-10 subset). With test_only: true and pretrained: PATH,
     evaluate that checkpoint instead."""
-    from ..config import load_config
-    from ..train.loop import default_out_dir, stored_config, train
+    from ..train.loop import configure_training_threads, default_out_dir, run_config, train
 
     with _config_warnings():
-        if resume and config is None and not overrides:
-            if out_dir is None:
-                raise UsageError("--resume needs --out DIR (the run to continue) or a CONFIG "
-                                 "whose log_dir names it")
-            cfg = stored_config(out_dir)
-        else:
-            cfg = load_config(config, overrides)
-    flags: dict[str, Any] = {}
-    if epochs is not None:
-        flags["num_epochs"] = epochs
-    if device is not None:
-        flags["device"] = device
-    if out_dir is not None:
-        flags["log_dir"] = out_dir
-    if flags:
-        cfg = cfg.replace(**flags)
+        cfg = run_config(config, overrides, out_dir=out_dir, resume=resume, epochs=epochs,
+                         device=device)
+    configure_training_threads(cfg, threads)
     out = Path(out_dir) if out_dir is not None else default_out_dir(cfg)
     if cfg.test_only:
-        assert cfg.pretrained is not None
-        source = _checkpoint_to_evaluate(cfg, out)
-        _run_eval(source, widths=list(cfg.eval_widths()),
-                  resolutions=list(cfg.resolution_list or ()), data=None, out_dir=out / "eval",
-                  compare=(), calib_images=cfg.calib_images, limit=cfg.max_val_images,
-                  device=cfg.device, progress=not quiet, config=cfg,
-                  label=Path(cfg.pretrained).name if source != cfg.pretrained else None)
+        _test_only(cfg, out, progress=progress)
         return
-    if not resume and (out / "checkpoint.safetensors").exists() and cfg.resume is None:
-        raise UsageError(f"{out} already holds a checkpoint; pass --resume to continue it or "
-                         "choose another --out")
-    result = train(cfg, out, resume=resume, progress=not quiet)
+    result = train(cfg, out, resume=resume, progress=progress)
     if not result.history:
         click.echo(f"nothing to do: {out} already completed {result.epoch} of "
                    f"{result.config.num_epochs} epochs (checkpoint {result.checkpoint})")
         return
-    last = result.history[-1] if result.history else {}
-    val = last.get("val", {})
+    val = result.history[-1].get("val", {})
     summary = "  ".join(f"{k} top-1 {v['top1']:.2f}%" for k, v in val.items())
     click.echo(f"trained {result.epoch} epochs ({result.step} steps) in {result.wall_s:.1f} s; "
                f"checkpoint {result.checkpoint}" + (f"; {summary}" if summary else ""))
 
 
-def _checkpoint_to_evaluate(cfg: Any, out: Path) -> str:
-    """``cfg.pretrained`` itself, or for external weights (torchvision .pth, TFLite) the
-    mutualnet checkpoint they are imported into first: ``OUT/imported/``."""
-    from ..checkpoint import build_model, save_checkpoint
-    from ..train.loop import load_pretrained_weights
-    from ..weights import external_format
+def _test_only(cfg: Any, out: Path, *, progress: bool) -> None:
+    """Evaluate ``cfg.pretrained`` (imported into OUT/imported/ first when external)."""
+    from ..weights.save import import_pretrained_for_eval
 
-    assert cfg.pretrained is not None
-    if external_format(cfg.pretrained) is None:
-        return str(cfg.pretrained)
-    net = build_model(cfg)
-    report = load_pretrained_weights(net, cfg)
-    assert report is not None
-    path = save_checkpoint(out / "imported", net, cfg.replace(test_only=False, pretrained=None),
-                           extra_meta={"imported": report.to_dict()})
-    click.echo(f"pretrained: {report.summary()}\nimported weights saved as {path}", err=True)
-    return str(path)
-
-
-def _parse_data(value: str | None) -> tuple[str, str | None] | None:
-    if value is None:
-        return None
-    name, sep, root = value.partition(":")
-    return name, (root if sep else None)
+    source, report = import_pretrained_for_eval(cfg, out)
+    if report is not None:
+        click.echo(f"pretrained: {report.summary()}\nimported weights saved as {source}",
+                   err=True)
+    _run_eval(source, widths=list(cfg.eval_widths()),
+              resolutions=list(cfg.resolution_list or ()), data=None, out_dir=out / "eval",
+              compare=(), calib_images=cfg.calib_images, limit=cfg.max_val_images,
+              device=cfg.device, progress=progress, config=cfg,
+              label=Path(cfg.pretrained).name if report is not None else None)
 
 
 def _run_eval(checkpoint: str, *, widths: list[float] | None, resolutions: list[int] | None,
@@ -125,7 +91,7 @@ def _run_eval(checkpoint: str, *, widths: list[float] | None, resolutions: list[
     from ..evaluate import run_eval
 
     report = run_eval(checkpoint, widths=widths, resolutions=resolutions,
-                      data=_parse_data(data), out_dir=out_dir, compare=list(compare),
+                      data=data, out_dir=out_dir, compare=list(compare),
                       calib_images=calib_images, limit=limit, device=device,
                       progress=progress, label=label, config=config)
     click.echo(report.table)
@@ -139,8 +105,9 @@ def _run_eval(checkpoint: str, *, widths: list[float] | None, resolutions: list[
               help="Comma list of widths [default: width_mult_list or 4 spaced in the range].")
 @click.option("--resolutions", type=RESOLUTIONS, default=None,
               help="Comma list of resolutions [default: the config's resolution_list].")
-@click.option("--data", default=None, metavar="DATASET[:ROOT]",
-              help="Evaluate on other data, e.g. npz:/path/cifar10_jpeg.npz, cifar100:/data/c100, "
+@click.option("--data", default=None, metavar="NAME|NAME:PATH|PATH",
+              help="Evaluate on other data: NAME, NAME:PATH, a .npz file or a folder, e.g. "
+                   "npz:../shared/data/cifar10_jpeg.npz, cifar100:/data/c100, "
                    "imagefolder:/data/imagenet [default: the checkpoint's].")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Where eval.csv/json/png go [default: <run dir>/eval].")
@@ -152,16 +119,20 @@ def _run_eval(checkpoint: str, *, widths: list[float] | None, resolutions: list[
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Evaluate only the first N validation images.")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@threads_option
+@progress_option
 def eval_cmd(checkpoint: str, widths: list[float] | None, resolutions: list[int] | None,
              data: str | None, out_dir: str | None, compare: tuple[str, ...], label: str | None,
              calib_images: int | None, limit: int | None, device: str | None,
-             quiet: bool) -> None:
+             threads: int | None, progress: bool) -> None:
     """Calibrate BN and evaluate every (width, resolution) of CHECKPOINT; print the table by
     MACs and write eval.csv, eval.json and eval.png (accuracy vs MACs, Pareto front)."""
+    from ..device import configure_threads
+
+    configure_threads(threads)
     _run_eval(checkpoint, widths=widths, resolutions=resolutions, data=data,
               out_dir=Path(out_dir) if out_dir else None, compare=compare,
-              calib_images=calib_images, limit=limit, device=device, progress=not quiet,
+              calib_images=calib_images, limit=limit, device=device, progress=progress,
               label=label)
 
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from ..errors import UsageError
 from ._params import FINITE
 
 
@@ -34,24 +33,11 @@ def import_weights_cmd(source: Path, model_name: str, width: float | None,
                        dataset_dir: Path | None, allow_missing: bool, out_dir: Path,
                        force: bool) -> None:
     """Map pretrained weights in SOURCE onto a supernet by name and shape; save a checkpoint."""
-    from ..checkpoint import CHECKPOINT_FILE
-    from ..weights import import_weights
-    from ..weights.save import read_labels, save_imported
+    from ..weights.save import import_to_checkpoint
 
-    if out_dir.suffix == ".safetensors":
-        raise UsageError(f"--out {out_dir}: give a directory; the checkpoint is written as "
-                         f"DIR/{CHECKPOINT_FILE}")
-    if (out_dir / CHECKPOINT_FILE).exists() and not force:
-        raise UsageError(f"{out_dir / CHECKPOINT_FILE} exists; pass --force to overwrite it "
-                         f"or choose another --out")
-    if width is not None and not width > 0:
-        raise UsageError(f"--width must be a positive number, got {width}")
-    kwargs = {"padding": padding} if padding is not None else None
-    model, report = import_weights(source, model_name, width=width, num_classes=num_classes,
-                                   allow_missing=allow_missing, model_kwargs=kwargs)
-    classes = read_labels(labels, report.num_classes) if labels is not None else None
-    path = save_imported(out_dir, model, report, classes=classes,
-                         dataset_dir=None if dataset_dir is None else str(dataset_dir.resolve()))
+    report, path = import_to_checkpoint(
+        source, model_name, out_dir, width=width, num_classes=num_classes, padding=padding,
+        labels=labels, dataset_dir=dataset_dir, allow_missing=allow_missing, force=force)
     click.echo(report.summary())
     click.echo(f"wrote {path}")
 

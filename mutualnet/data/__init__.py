@@ -33,6 +33,7 @@ from .spec import (
     SPLITS,
     DataSpec,
     expected_layout,
+    parse_data_arg,
     preprocessing,
 )
 from .transforms import resize_to
@@ -51,6 +52,7 @@ __all__ = [
     "epoch_seed",
     "expected_layout",
     "load_data",
+    "parse_data_arg",
     "preprocessing",
     "rank_rows",
     "resize_to",

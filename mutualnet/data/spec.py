@@ -10,14 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import DATASET_ALIASES, DATASETS, RESIZE_MODES
+from ..config import TRANSFORMS as AUGMENTS
 from ..errors import UsageError
 
-DATASETS = ("cifar10_bundled", "npz", "cifar10", "cifar100", "imagefolder")
-AUGMENTS = ("cifar", "imagenet_mobile", "imagenet_basic")
-#: How evaluation resizes an image: "shorter_side" (keep the aspect ratio, shorter side ->
-#: ``resize``, then center crop) or "stretch" (both sides -> ``resize``, squashing the aspect
-#: ratio, as the TFLite interpreter's users feed its MobileNets).
-RESIZE_MODES = ("shorter_side", "stretch")
+#: Data sets whose ``root`` is a folder (the others take a file or nothing).
+FOLDER_DATASETS = ("cifar10", "cifar100", "imagefolder")
 SPLITS = ("train", "val")
 
 #: RandomResizedCrop scale range of each ImageNet-style augmentation (SPEC section 3).
@@ -171,6 +169,33 @@ def expected_layout(dataset: str) -> str:
                     "train, test, meta) or its parent",
         "imagefolder": "a folder with train/<class>/*.jpg and val/<class>/*.jpg",
     }[dataset]
+
+
+#: The ``--data`` syntax of ``eval`` and ``export``, for help texts and docs.
+DATA_SYNTAX = "NAME, NAME:PATH, a .npz file or a folder"
+
+
+def parse_data_arg(text: str, current: str = "cifar10_bundled") -> tuple[str, str | None]:
+    """(dataset, root) that a ``--data`` value names (``eval`` and ``export`` share it).
+
+    ``NAME`` (``cifar10_bundled``) or ``NAME:PATH`` (``npz:/d/x.npz``, ``cifar100:/d/c100``,
+    ``imagefolder:/d/imagenet``; the original project's ``imagenet1k`` means imagefolder);
+    or just a path: a file is read as an ``npz``, a folder as ``current`` (the checkpoint's
+    data set) when that takes a folder, else as an ImageFolder root. A path that does not
+    exist and is no data set name is a usage error listing the names.
+    """
+    text = text.strip()
+    name, sep, root = text.partition(":")
+    name = DATASET_ALIASES.get(name, name)
+    if name in DATASETS:
+        return name, (root.strip() or None) if sep else None
+    path = Path(text).expanduser()
+    if not text or not path.exists():
+        raise UsageError(f"--data {text!r}: no such file or folder, and not a data set name "
+                         f"({', '.join(DATASETS)}); give {DATA_SYNTAX}")
+    if path.is_file():
+        return "npz", str(path)
+    return (current if current in FOLDER_DATASETS else "imagefolder"), str(path)
 
 
 def preprocessing(spec: DataSpec) -> dict[str, object]:

@@ -1,6 +1,7 @@
 """Training: the mutual-learning step (and baselines), the schedule, the loop."""
 
-from .loop import TrainResult, default_out_dir, resolve_device, stored_config, train
+from ..device import resolve_device
+from .loop import TrainResult, default_out_dir, stored_config, train
 from .schedule import CosineSchedule, build_optimizer, cosine_lr, param_groups
 from .step import StepOutput, Subnet, distill_loss, sample_subnets, step_rng, train_step
 

@@ -18,8 +18,8 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,7 @@ from ..checkpoint import (
     save_checkpoint,
 )
 from ..config import TrainConfig, config_from_dict
+from ..device import resolve_device
 from ..errors import ConfigError, TrainingDivergedError, UsageError
 from ..fileio import atomic_write, directory_lock
 from ..slimmable import SlimmableNet
@@ -74,19 +75,40 @@ class TrainResult:
     config: TrainConfig
 
 
-def resolve_device(name: str, info: D.DistInfo | None = None) -> torch.device:
-    """``auto`` -> CUDA when available (this rank's GPU under torchrun), else CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"device {name!r} requested but CUDA is not available; use --device cpu")
-    if name == "cuda" and info is not None and info.enabled:
-        return torch.device("cuda", info.local_rank)
-    return torch.device(name)
+def configure_training_threads(config: TrainConfig, threads: int | None = None) -> int:
+    """Set this process's torch threads for training per ``config``: ``threads``, or by
+    default the cores this process may use less the decode workers that run beside it (a
+    per-image DataLoader's; in-memory data decodes up front and runs none). Returns the
+    count (see :func:`mutualnet.device.configure_threads`)."""
+    from ..device import configure_threads
+
+    spec = config.data_spec("train")
+    return configure_threads(threads, decode_workers=0 if spec.uses_memory else spec.workers)
 
 
 def default_out_dir(config: TrainConfig) -> Path:
     return Path(config.log_dir) if config.log_dir else Path("runs") / config.model
+
+
+def run_config(config: str | None = None, overrides: Sequence[str] = (), *,
+               out_dir: str | os.PathLike[str] | None = None, resume: bool = False,
+               epochs: int | None = None, device: str | None = None) -> TrainConfig:
+    """The config ``mutualnet train`` runs: CONFIG (a path or app:apps/NAME.yml; None: the
+    defaults) with ``--set`` overrides, then the flags. ``resume`` with neither a config nor
+    overrides continues with the run's own stored config (``out_dir`` names the run)."""
+    from ..config import load_config
+
+    if resume and config is None and not overrides:
+        if out_dir is None:
+            raise UsageError("--resume needs --out DIR (the run to continue) or a CONFIG "
+                             "whose log_dir names it")
+        cfg = stored_config(out_dir)
+    else:
+        cfg = load_config(config, overrides)
+    flags: dict[str, Any] = {"num_epochs": epochs, "device": device,
+                             "log_dir": None if out_dir is None else str(out_dir)}
+    flags = {k: v for k, v in flags.items() if v is not None}
+    return cfg.replace(**flags) if flags else cfg
 
 
 def stored_config(path: str | os.PathLike[str]) -> TrainConfig:
@@ -152,7 +174,7 @@ def epoch_eval(net: SlimmableNet, config: TrainConfig, train_data: Any, val_data
                device: torch.device) -> dict[str, dict[str, float]]:
     """BN-calibrated top-1/top-5 of the largest and smallest subnets, on a copy of the model."""
     from ..calibrate import calibrate_bn
-    from ..evaluate import evaluate
+    from ..evaluate import evaluate, subnet_id
 
     probe = copy.deepcopy(net)
     out = {}
@@ -162,7 +184,7 @@ def epoch_eval(net: SlimmableNet, config: TrainConfig, train_data: Any, val_data
         calibrate_bn(probe, w, r, train_data, num_images=min(config.calib_images, len(train_data)),
                      batch_size=config.calib_batch_size, device=device, seed=config.random_seed)
         res = evaluate(probe, w, r, val_data, batch_size=config.eval_batch_size, device=device)
-        out[f"w{w:g}-r{r}"] = {"top1": round(res.top1, 3), "top5": round(res.top5, 3)}
+        out[subnet_id(w, r)] = {"top1": round(res.top1, 3), "top5": round(res.top5, 3)}
     return out
 
 
@@ -202,6 +224,235 @@ def reconcile_metrics(path: Path, epoch: int, record: dict[str, Any] | None) -> 
         atomic_write(path, lambda tmp: tmp.write_text("".join(f"{k}\n" for k in kept)))
 
 
+@dataclass
+class _Run:
+    """What one ``train`` call works with; built by :func:`_setup`, advanced by the epochs."""
+
+    config: TrainConfig
+    out: Path
+    info: D.DistInfo
+    device: torch.device
+    train_data: Any
+    val_data: Any
+    net: SlimmableNet
+    model: torch.nn.Module  # ``net``, or DDP around it
+    optimizer: torch.optim.Optimizer
+    schedule: CosineSchedule
+    steps_per_epoch: int
+    autocast_dtype: torch.dtype | None
+    channels_last: bool
+    extra_meta: dict[str, Any]  # written into every checkpoint (e.g. the pretrained import)
+    epoch: int = 0
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.out / CHECKPOINT_FILE
+
+    @property
+    def main(self) -> bool:
+        return self.info.is_main
+
+
+@dataclass
+class _EpochSums:
+    ce: float = 0.0
+    total: float = 0.0
+    steps: int = 0
+    images: int = 0
+    seconds: float = 0.0
+
+
+def _load_train_data(config: TrainConfig) -> tuple[TrainConfig, Any, Any]:
+    """(config with num_classes filled in, training data, per-epoch val data or None)."""
+    from ..data import load_data
+
+    train_data = load_data(config.data_spec("train"), "train")
+    if config.num_classes is None:
+        config = config.replace(num_classes=train_data.num_classes)
+    elif config.num_classes != train_data.num_classes:
+        raise ConfigError(f"num_classes is {config.num_classes} but the {config.dataset} "
+                          f"training data has {train_data.num_classes} classes; set "
+                          f"num_classes: {train_data.num_classes}")
+    val_data = load_data(config.data_spec("val"), "val") if config.eval_each_epoch else None
+    if len(train_data) // config.batch_size == 0:
+        raise ConfigError(f"batch_size {config.batch_size} is larger than the training set "
+                          f"({len(train_data)} images); lower batch_size")
+    return config, train_data, val_data
+
+
+def _setup(config: TrainConfig, out: Path, info: D.DistInfo, device: torch.device, *,
+           fresh: bool, progress: bool) -> _Run:
+    """Data, model (from ``config.pretrained`` when ``fresh``), optimizer and schedule."""
+    from tqdm import tqdm
+
+    config, train_data, val_data = _load_train_data(config)
+    D.local_batch_size(config.batch_size, info)  # refuses a batch the ranks cannot split
+    steps_per_epoch = len(train_data) // config.batch_size
+    amp = config.amp if config.amp is not None else device.type == "cuda"
+    channels_last = (config.channels_last if config.channels_last is not None
+                     else device.type == "cuda")
+    torch.manual_seed(config.random_seed)
+    net = build_model(config)
+    imported = load_pretrained_weights(net, config) if fresh else None
+    if imported is not None and info.is_main and progress:
+        tqdm.write(f"pretrained: {imported.summary()}", file=sys.stderr)
+    net.to(device)
+    if channels_last:
+        net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    optimizer = build_optimizer(net, config)
+    schedule = CosineSchedule(optimizer, steps_per_epoch * config.num_epochs)
+    extra = {"pretrained_import": imported.summary()} if imported is not None else {}
+    return _Run(config=config, out=out, info=info, device=device, train_data=train_data,
+                val_data=val_data, net=net, model=net, optimizer=optimizer, schedule=schedule,
+                steps_per_epoch=steps_per_epoch,
+                autocast_dtype=torch.bfloat16 if amp else None, channels_last=channels_last,
+                extra_meta=extra)
+
+
+def _restore(run: _Run, source: Path) -> None:
+    """Continue from the checkpoint in ``source``: weights, optimizer, schedule, RNG, counters.
+
+    The one place training loads a checkpoint (see :func:`_save`)."""
+    load_weights(run.net, source, run.config)
+    state = load_training_state(source)
+    run.optimizer.load_state_dict(state.optimizer)
+    if state.scheduler is not None:
+        run.schedule.load_state_dict(state.scheduler)
+    if state.rng:
+        restore_rng(state.rng)
+    run.epoch, run.step = state.epoch, state.step
+    total = run.steps_per_epoch * run.config.num_epochs
+    if run.schedule.total_steps != total or run.step != run.epoch * run.steps_per_epoch:
+        raise ConfigError(f"{source}: the saved schedule ({run.schedule.total_steps} steps) "
+                          f"does not match this data/batch size ({total}); resume with the "
+                          "same data and batch_size")
+
+
+def _save(run: _Run, record: dict[str, Any]) -> None:
+    """Write the checkpoint after an epoch: the one place training saves one."""
+    save_checkpoint(run.out, run.net, run.config, step=run.step, epoch=run.epoch,
+                    optimizer=run.optimizer, scheduler=run.schedule,
+                    classes=tuple(run.train_data.classes),
+                    extra_meta={"val": record.get("val", {}), "metrics": record,
+                                "method": run.config.method, **run.extra_meta})
+
+
+def _diverged(run: _Run, error: TrainingDivergedError, lr: float) -> TrainingDivergedError:
+    """Log a diverged step to metrics.jsonl; the error to raise, naming the kept checkpoint."""
+    ckpt = run.checkpoint
+    kept = (f"the last good checkpoint {ckpt} (epoch {run.epoch}) was kept"
+            if ckpt.exists() else "no checkpoint had been written yet")
+    if run.main:
+        _append_jsonl(run.out / METRICS_FILE, {
+            "event": "diverged", "epoch": run.epoch + 1, "step": run.step, "lr": lr,
+            "message": str(error)})
+    return TrainingDivergedError(
+        f"training diverged at epoch {run.epoch + 1}, step {run.step}: {error}; {kept}. "
+        f"Start a new run with a lower lr (now {lr:.4g}) or check the data")
+
+
+def _one_step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> tuple[float, Any]:
+    """One optimizer step on this rank's rows of a global batch; (its lr, StepOutput)."""
+    c = run.config
+    subnets = sample_subnets(
+        c.method, step=run.step, seed=c.random_seed, width_range=(c.min_width, c.max_width),
+        resolutions=c.resolution_list or (c.base_resolution,), base_resolution=c.base_resolution,
+        num_random=c.num_sampled_widths, fixed_width=c.independent_width)
+    lr = run.schedule.lr
+    try:
+        result = train_step(run.model, run.optimizer, x, y, subnets,
+                            autocast_dtype=run.autocast_dtype, channels_last=run.channels_last)
+    except TrainingDivergedError as e:
+        raise _diverged(run, e, lr) from None
+    run.schedule.step()
+    run.lrs.append(lr)
+    run.step += 1
+    return lr, result
+
+
+def _run_epoch(run: _Run, *, progress: bool,
+               on_step: Callable[[int, float, Any], None] | None) -> _EpochSums:
+    """Train one epoch (its data order a function of seed and epoch); the loss sums."""
+    from tqdm import tqdm
+
+    c = run.config
+    run.net.train()
+    sums = _EpochSums()
+    t0 = time.perf_counter()
+    batches = run.train_data.batches(c.batch_size, augment=True, shuffle=True,
+                                     seed=c.random_seed, epoch=run.epoch, drop_last=True,
+                                     device=run.device, rank=run.info.rank,
+                                     world_size=run.info.world_size)
+    with tqdm(total=run.steps_per_epoch, desc=f"epoch {run.epoch + 1}/{c.num_epochs}",
+              unit="step", disable=not (progress and run.main), dynamic_ncols=True) as bar:
+        for x, y in batches:  # this rank's rows of each global batch
+            lr, result = _one_step(run, x, y)
+            ce = float(result.losses[0])
+            sums.ce += ce
+            sums.total += float(result.total)
+            sums.steps += 1
+            sums.images += c.batch_size
+            if on_step is not None:
+                on_step(run.step, lr, result)
+            bar.update(1)
+            elapsed = time.perf_counter() - t0
+            bar.set_postfix(loss=f"{ce:.3f}", lr=f"{lr:.3g}",
+                            img_s=f"{sums.images / max(elapsed, 1e-9):.0f}")
+    sums.seconds = time.perf_counter() - t0
+    run.epoch += 1
+    return sums
+
+
+def _end_epoch(run: _Run, sums: _EpochSums, *, progress: bool) -> dict[str, Any]:
+    """The epoch's metrics line; on the main rank: per-epoch eval, checkpoint, metrics.jsonl."""
+    from tqdm import tqdm
+
+    info, device = run.info, run.device
+    record: dict[str, Any] = {
+        "epoch": run.epoch, "step": run.step, "lr": run.lrs[-1] if run.lrs else run.schedule.lr,
+        "loss": D.mean_across(sums.ce / max(sums.steps, 1), info, device),
+        "loss_total": D.mean_across(sums.total / max(sums.steps, 1), info, device),
+        "images_per_s": round(sums.images / max(sums.seconds, 1e-9), 2),
+        "epoch_time_s": round(sums.seconds, 3), "method": run.config.method,
+        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if run.main:
+        if run.val_data is not None:
+            record["val"] = epoch_eval(run.net, run.config, run.train_data, run.val_data, device)
+            if progress:
+                tqdm.write("  val " + "  ".join(
+                    f"{k}: top-1 {v['top1']:.2f}%" for k, v in record["val"].items()))
+        if not math.isfinite(record["loss"]):
+            raise TrainingDivergedError(f"the mean loss of epoch {run.epoch} is not finite")
+        _save(run, record)
+        _append_jsonl(run.out / METRICS_FILE, record)
+    run.history.append(record)
+    D.barrier(info)
+    return record
+
+
+def _start(config: TrainConfig, out: Path, info: D.DistInfo, device: torch.device, *,
+           resume_from: Path | None, progress: bool) -> _Run:
+    """Set the run up, restored from ``resume_from`` when given; the out dir exists after."""
+    if resume_from is not None:
+        check_resume_config(config, stored_config(resume_from), resume_from)
+    elif (out / CHECKPOINT_FILE).exists():
+        raise UsageError(f"{out} already holds a checkpoint; pass --resume to continue it or "
+                         "choose another --out")
+    run = _setup(config, out, info, device, fresh=resume_from is None, progress=progress)
+    if resume_from is not None:
+        _restore(run, resume_from)
+        if run.main and resume_from == out:  # a kill may have left metrics.jsonl ahead/torn
+            reconcile_metrics(out / METRICS_FILE, run.epoch, _stored_record(out / CHECKPOINT_FILE))
+    run.model = D.wrap(run.net, info, device)
+    if run.main:
+        out.mkdir(parents=True, exist_ok=True)
+    return run
+
+
 @_holds_run_lock
 def train(
     config: TrainConfig,
@@ -219,168 +470,32 @@ def train(
     still spans ``num_epochs``). ``on_step(step, lr, StepOutput)`` is called after each step.
     Raises :class:`TrainingDivergedError` on a NaN/inf loss, keeping the last checkpoint.
     """
-    from tqdm import tqdm
-
-    from ..data import load_data
-
     if config.test_only:
         raise UsageError("test_only: true evaluates instead of training: call "
                          "mutualnet.evaluate.run_eval(config.pretrained, config=config) "
                          "(the CLI does this)")
     t_start = time.perf_counter()
-    want = config.device
-    pre = resolve_device(want)
-    info = D.init_distributed(pre.type)
+    info = D.init_distributed(resolve_device(config.device).type)
     try:
-        device = resolve_device(want, info)
+        device = resolve_device(config.device,
+                                local_rank=info.local_rank if info.enabled else None)
         out = Path(out_dir) if out_dir is not None else default_out_dir(config)
         resume_from = out if resume else (Path(config.resume) if config.resume else None)
-        if resume_from is not None:
-            check_resume_config(config, stored_config(resume_from), resume_from)
-        amp = config.amp if config.amp is not None else device.type == "cuda"
-        channels_last = (config.channels_last if config.channels_last is not None
-                         else device.type == "cuda")
-
-        train_data = load_data(config.data_spec("train"), "train")
-        if config.num_classes is None:
-            config = config.replace(num_classes=train_data.num_classes)
-        elif config.num_classes != train_data.num_classes:
-            raise ConfigError(f"num_classes is {config.num_classes} but the {config.dataset} "
-                              f"training data has {train_data.num_classes} classes; set "
-                              f"num_classes: {train_data.num_classes}")
-        val_data = load_data(config.data_spec("val"), "val") if config.eval_each_epoch else None
-
-        local_bs = D.local_batch_size(config.batch_size, info)
-        steps_per_epoch = len(train_data) // config.batch_size
-        if steps_per_epoch == 0:
-            raise ConfigError(f"batch_size {config.batch_size} is larger than the training set "
-                              f"({len(train_data)} images); lower batch_size")
-        total_steps = steps_per_epoch * config.num_epochs
-
-        torch.manual_seed(config.random_seed)
-        net = build_model(config)
-        imported = load_pretrained_weights(net, config) if resume_from is None else None
-        if imported is not None and info.is_main and progress:
-            tqdm.write(f"pretrained: {imported.summary()}", file=sys.stderr)
-        pretrained_meta = ({"pretrained_import": imported.summary()}
-                           if imported is not None else {})
-        net.to(device)
-        if channels_last:
-            net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        optimizer = build_optimizer(net, config)
-        schedule = CosineSchedule(optimizer, total_steps)
-        epoch, step = 0, 0
-        if resume_from is not None:
-            load_weights(net, resume_from, config)
-            state = load_training_state(resume_from)
-            optimizer.load_state_dict(state.optimizer)
-            if state.scheduler is not None:
-                schedule.load_state_dict(state.scheduler)
-            if state.rng:
-                restore_rng(state.rng)
-            epoch, step = state.epoch, state.step
-            if resume:
-                reconcile_metrics(out / METRICS_FILE, epoch, _stored_record(out / CHECKPOINT_FILE))
-            if schedule.total_steps != total_steps or step != epoch * steps_per_epoch:
-                raise ConfigError(f"{resume_from}: the saved schedule ({schedule.total_steps} "
-                                  f"steps) does not match this data/batch size ({total_steps}); "
-                                  "resume with the same data and batch_size")
-        model = D.wrap(net, info, device)
-        main = info.is_main
-        if main:
-            out.mkdir(parents=True, exist_ok=True)
-        autocast_dtype = torch.bfloat16 if amp else None
-        history: list[dict[str, Any]] = []
-        lrs: list[float] = []
-        classes = tuple(train_data.classes)
-        ckpt = out / CHECKPOINT_FILE
+        run = _start(config, out, info, device, resume_from=resume_from, progress=progress)
         epochs_run = 0
-        while epoch < config.num_epochs:
-            if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
-                break
-            net.train()
-            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.num_epochs}",
-                       unit="step", disable=not (progress and main), dynamic_ncols=True)
-            t0 = time.perf_counter()
-            ce_sum = total_sum = 0.0
-            n_steps = images = 0
-            batches = train_data.batches(config.batch_size, augment=True, shuffle=True,
-                                         seed=config.random_seed, epoch=epoch, drop_last=True,
-                                         device=device, rank=info.rank,
-                                         world_size=info.world_size)
-            for x, y in batches:  # this rank's rows of each global batch
-                assert len(x) == local_bs
-                subnets = sample_subnets(
-                    config.method, step=step, seed=config.random_seed,
-                    width_range=(config.min_width, config.max_width),
-                    resolutions=config.resolution_list or (config.base_resolution,),
-                    base_resolution=config.base_resolution,
-                    num_random=config.num_sampled_widths, fixed_width=config.independent_width)
-                lr = schedule.lr
-                try:
-                    result = train_step(model, optimizer, x, y, subnets,
-                                        autocast_dtype=autocast_dtype,
-                                        channels_last=channels_last)
-                except TrainingDivergedError as e:
-                    bar.close()
-                    kept = (f"the last good checkpoint {ckpt} (epoch {epoch}) was kept"
-                            if ckpt.exists() else "no checkpoint had been written yet")
-                    if main:
-                        _append_jsonl(out / METRICS_FILE, {
-                            "event": "diverged", "epoch": epoch + 1, "step": step, "lr": lr,
-                            "message": str(e)})
-                    raise TrainingDivergedError(
-                        f"training diverged at epoch {epoch + 1}, step {step}: {e}; {kept}. "
-                        f"Start a new run with a lower lr (now {lr:.4g}) or check the data"
-                    ) from None
-                schedule.step()
-                lrs.append(lr)
-                ce = float(result.losses[0])
-                ce_sum += ce
-                total_sum += float(result.total)
-                n_steps += 1
-                step += 1
-                images += config.batch_size
-                if on_step is not None:
-                    on_step(step, lr, result)
-                bar.update(1)
-                elapsed = time.perf_counter() - t0
-                bar.set_postfix(loss=f"{ce:.3f}", lr=f"{lr:.3g}",
-                                img_s=f"{images / max(elapsed, 1e-9):.0f}")
-            bar.close()
-            epoch_time = time.perf_counter() - t0
-            epoch += 1
+        while run.epoch < run.config.num_epochs and (stop_after_epochs is None
+                                                     or epochs_run < stop_after_epochs):
+            sums = _run_epoch(run, progress=progress, on_step=on_step)
+            _end_epoch(run, sums, progress=progress)
             epochs_run += 1
-            record: dict[str, Any] = {
-                "epoch": epoch, "step": step, "lr": lrs[-1] if lrs else schedule.lr,
-                "loss": D.mean_across(ce_sum / max(n_steps, 1), info, device),
-                "loss_total": D.mean_across(total_sum / max(n_steps, 1), info, device),
-                "images_per_s": round(images / max(epoch_time, 1e-9), 2),
-                "epoch_time_s": round(epoch_time, 3), "method": config.method,
-                "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            }
-            if main:
-                if val_data is not None:
-                    record["val"] = epoch_eval(net, config, train_data, val_data, device)
-                    if progress:
-                        tqdm.write("  val " + "  ".join(
-                            f"{k}: top-1 {v['top1']:.2f}%" for k, v in record["val"].items()))
-                if not math.isfinite(record["loss"]):
-                    raise TrainingDivergedError(f"the mean loss of epoch {epoch} is not finite")
-                save_checkpoint(out, net, config, step=step, epoch=epoch, optimizer=optimizer,
-                                scheduler=schedule, classes=classes,
-                                extra_meta={"val": record.get("val", {}), "metrics": record,
-                                            "method": config.method, **pretrained_meta})
-                _append_jsonl(out / METRICS_FILE, record)
-            history.append(record)
-            D.barrier(info)
-        return TrainResult(out_dir=out, checkpoint=ckpt, epoch=epoch, step=step,
-                           history=tuple(history), lrs=tuple(lrs),
-                           wall_s=time.perf_counter() - t_start, config=config)
+        return TrainResult(out_dir=out, checkpoint=run.checkpoint, epoch=run.epoch,
+                           step=run.step, history=tuple(run.history), lrs=tuple(run.lrs),
+                           wall_s=time.perf_counter() - t_start, config=run.config)
     finally:
         D.shutdown(info)
 
 
 __all__ = ["METRICS_FILE", "STATE_FILE", "TrainResult", "train", "stored_config",
            "resolve_device", "default_out_dir", "epoch_eval", "check_resume_config",
-           "load_pretrained_weights"]
+           "load_pretrained_weights", "run_config",
+           "configure_training_threads"]
