@@ -144,7 +144,7 @@ class ValReport:
     def describe(self) -> str:
         """The sentence above the table: images, batch, device, how latency was taken."""
         return (f"{self.images} labelled images from {self.source}; batch {self.batch}; "
-                f"{self.device}, {self.threads} threads; latency: wall time of each batch "
+                f"{self.device}, threads {self.threads}; latency: wall time of each batch "
                 "divided by its images, mean and p90 over the full batches (each "
                 "artifact's first batch run once untimed first)")
 
@@ -427,7 +427,7 @@ def evaluate_export(export_dir: str | os.PathLike[str],
                          for p in wanted if (sn.id, p) in runs]
     order = {sid: i for i, sid in enumerate(manifest.subnet_ids)}
     rows.sort(key=lambda r: (order[r.subnet], PRECISIONS.index(r.precision)))
-    return ValReport(manifest.root, manifest.model.name, data.source, len(data),
+    return ValReport(root, manifest.model.name, data.source, len(data),
                      options.batch, threads, arts.device_name, tuple(rows),
                      time.perf_counter() - start, tuple(notes))
 
