@@ -257,10 +257,11 @@ def precisions_of(entry: SubnetEntry) -> list[str]:
     return [p for p in PRECISIONS if PRECISION_FILE_KEYS[p] in entry.files]
 
 
-def _wanted(manifest: Manifest, asked: tuple[str, ...] | None) -> tuple[list[str], list[str]]:
+def _wanted(manifest: Manifest, asked: tuple[str, ...] | None,
+            precisions: Callable[[SubnetEntry], list[str]]) -> tuple[list[str], list[str]]:
     """(precisions to report, notes on subnets lacking one); usage error for a precision no
     subnet of the export has."""
-    present = {p for sn in manifest.subnets for p in precisions_of(sn)}
+    present = {p for sn in manifest.subnets for p in precisions(sn)}
     wanted = [p for p in PRECISIONS if p in (asked or present)]
     absent = [p for p in wanted if p not in present]
     if absent:
@@ -269,7 +270,7 @@ def _wanted(manifest: Manifest, asked: tuple[str, ...] | None) -> tuple[list[str
                                f"{have}); export them with `mutualnet export ... --precision "
                                f"{','.join(absent)}` or pick --precision {have}")
     notes = [f"{sn.id} has no {p} artifact (left out at export)" for sn in manifest.subnets
-             for p in wanted if p not in precisions_of(sn)]
+             for p in wanted if p not in precisions(sn)]
     return wanted, notes
 
 
@@ -283,6 +284,20 @@ class _Artifacts:
     threads: int
     env: Any = None
     device_name: str = ""
+
+    def precisions(self, sn: SubnetEntry) -> list[str]:
+        """The precisions of ``sn`` this backend can run: its ONNX artifacts, and with
+        TensorRT also the precisions of the engines recorded for this GPU and TensorRT
+        (e.g. an fp16 engine built from the fp32 ONNX)."""
+        have = set(precisions_of(sn))
+        if self.backend == "tensorrt":
+            have |= {r.precision for r in sn.engines if self._fits(r)}
+        return [p for p in PRECISIONS if p in have]
+
+    def _fits(self, record: Any) -> bool:
+        from .backends.tensorrt import check_engine_record
+
+        return check_engine_record(record, self.env) is None
 
     def open(self, sn: SubnetEntry, precision: str) -> tuple[Runner, str]:
         if self.backend == "tensorrt":
@@ -302,10 +317,7 @@ class _Artifacts:
         return runner, "onnxruntime"
 
     def _engine(self, sn: SubnetEntry, precision: str) -> Any:
-        from .backends.tensorrt import check_engine_record
-
-        fitting = [r for r in sn.engines if r.precision == precision
-                   and check_engine_record(r, self.env) is None]
+        fitting = [r for r in sn.engines if r.precision == precision and self._fits(r)]
         return fitting[-1] if fitting else None
 
 
@@ -365,7 +377,7 @@ def _run_resolution(arts: _Artifacts, entries: Sequence[SubnetEntry], wanted: Se
     runs: dict[tuple[str, str], _Run] = {}
     try:
         for sn in entries:
-            for p in precisions_of(sn):
+            for p in arts.precisions(sn):
                 if p == "fp32" or p in wanted:
                     runs[(sn.id, p)] = _Run(*arts.open(sn, p))
         resolution = entries[0].resolution
@@ -407,11 +419,11 @@ def evaluate_export(export_dir: str | os.PathLike[str],
         raise ExportUsageError(f"{root} holds no {MANIFEST_FILE}; pass an export directory "
                                "(written by `mutualnet export`)")
     manifest = load_manifest(root)
-    wanted, notes = _wanted(manifest, options.precisions)
-    data = read_labelled_set(manifest, options.data, options.limit)
-    _check_labels(data, manifest)
     threads = int(options.threads or default_threads())
     arts = _artifacts(manifest, options, threads)
+    wanted, notes = _wanted(manifest, options.precisions, arts.precisions)
+    data = read_labelled_set(manifest, options.data, options.limit)
+    _check_labels(data, manifest)
     groups: dict[int, list[SubnetEntry]] = {}
     for sn in manifest.subnets:
         groups.setdefault(sn.resolution, []).append(sn)

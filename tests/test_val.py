@@ -147,3 +147,33 @@ def test_write_val_report_refuses_a_file_as_out(exported: Path, tmp_path: Path) 
     (tmp_path / "f").write_text("")
     with pytest.raises(ExportUsageError, match="is a file"):
         write_val_report(report, tmp_path / "f")
+
+
+def test_tensorrt_engines_are_rows_of_their_precision(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the fake TensorRT: each subnet's recorded fp16 engine (built from the fp32 ONNX)
+    is an fp16 row run by TensorRT; fp32, without an engine, runs in ONNX Runtime."""
+    sys.path.insert(0, str(REPO / "tests" / "data"))
+    import fake_tensorrt
+    from deploy_fixtures import make_export
+
+    root = make_export(tmp_path / "export")
+    trt = fake_tensorrt.install(monkeypatch)
+    fake_tensorrt.record_engines(root)
+    npz = tmp_path / "labelled.npz"
+    rng = np.random.default_rng(0)
+    np.savez(npz, images=rng.integers(0, 255, (10, 16, 16, 3), dtype=np.uint8),
+             labels=np.zeros(10, np.int64))
+    report = evaluate_export(root, ValOptions(data=str(npz), backend="tensorrt", batch=4,
+                                              progress=False, threads=1))
+    ids = load_manifest(root).subnet_ids
+    assert [(r.subnet, r.precision, r.backend) for r in report.rows] == [
+        (sid, p, b) for sid in ids for p, b in (("fp32", "onnxruntime"), ("fp16", "tensorrt"))]
+    assert all(r.agreement == 1.0 for r in report.rows)     # engines compute what ONNX does
+    # every fixture subnet predicts its own marker class: only the first matches label 0
+    assert [r.top1 for r in report.rows] == [100.0, 100.0] + [0.0] * 6
+    assert report.device.startswith("tensorrt 10.3.0 on FakeGPU")
+    assert len(trt.deserialized_on_core) >= 4          # the four engines were loaded
+    r = CliRunner().invoke(cli, ["val", str(root), "--data", str(npz), "--backend",
+                                 "tensorrt", "--precision", "int8", "--no-progress"])
+    assert r.exit_code == 2 and "no int8 artifacts (it has fp32, fp16)" in r.output
