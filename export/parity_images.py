@@ -20,13 +20,14 @@ import numpy as np
 
 from .errors import BackendUnavailableError, ExportError, ExportUsageError, reason
 from .manifest import Manifest, atomic_write_bytes
+from .preprocess import preprocess_images
 
 PARITY_IMAGES_KEY = "parity_images"        # key in the manifest's top-level "files"
 PARITY_IMAGES_FILE = "parity_images.npz"
 CROPPED = "cropped"   # stage of stored images: already resized + center-cropped to "crop"
 
 __all__ = ["PARITY_IMAGES_FILE", "PARITY_IMAGES_KEY", "ParityImages", "as_parity_images",
-           "load_parity_images", "read_parity_images", "stored_parity_images",
+           "load_parity_images", "model_inputs", "read_parity_images", "stored_parity_images",
            "write_parity_images"]
 
 
@@ -154,3 +155,14 @@ def as_parity_images(data: ParityImages | tuple[Any, Any]) -> ParityImages:
         return data
     images, labels = data
     return ParityImages(images, labels, cropped=False, source="images given")
+
+
+def model_inputs(manifest: Manifest, images: np.ndarray | Sequence[np.ndarray], resolution: int,
+                 *, cropped: bool) -> np.ndarray:
+    """Float32 NCHW inputs of a subnet at ``resolution``: the manifest's preprocessing, or for
+    ``cropped`` images (stored already resized + center-cropped, as parity_images.npz holds
+    them) only normalization and the resize to ``resolution``."""
+    pre = manifest.preprocessing.as_dict()
+    if cropped:
+        pre = {**pre, "resize": None, "resize_mode": "shorter_side"}
+    return preprocess_images(images, pre, resolution)

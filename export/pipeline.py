@@ -55,6 +55,7 @@ from .graph_identity import identity_metadata, record_graphs
 from .manifest import SCHEMA_VERSION, file_entry, subnet_id, utc_now, write_manifest
 from .onnx_export import DEFAULT_EXPORTER, EXPORTERS, INPUT_NAME, OUTPUT_NAME, export_onnx
 from .parity import ParityGate, ParityResult, collect, compare, top1_percent
+from .parity_data import NO_LABELS
 from .profiles import DeployProfile, load_profile
 
 PARITY_MD = "parity.md"
@@ -111,10 +112,15 @@ class SubnetReport:
     def status(self) -> str:
         return "ok" if self.passed else "parity_failed"
 
+    @property
+    def labelled(self) -> bool:
+        """Whether accuracy was measured (the parity images had labels)."""
+        return any(v is not None for v in self.accuracy.values())
+
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "width": self.width, "resolution": self.resolution,
                 "macs": self.macs, "params": self.params, "status": self.status,
-                "accuracy": dict(self.accuracy),
+                "accuracy": dict(self.accuracy) if self.labelled else NO_LABELS,
                 "parity": {k: v.to_dict() for k, v in self.parity.items()},
                 "timings_s": {k: round(v, 4) for k, v in self.timings.items()}}
 
@@ -269,12 +275,13 @@ class _Context:
     options: ExportOptions
     train: Any
     eval_x: list[Any]
-    eval_y: np.ndarray
+    eval_y: np.ndarray | None   # None: the images have no labels (parity_data)
     backends: list[str]
     calib_images: int
     classes: tuple[str, ...]
     data_spec: Any
     identity: dict[str, Any] = field(default_factory=dict)  # identity_metadata's model part
+    source: Any = None          # export.parity_data.ParityData
 
 
 def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[str],
@@ -334,6 +341,7 @@ def _export_locked(checkpoint: Path, out: Path, options: ExportOptions,
                      "imported weights have BN folded into the convs, and recalibrating would "
                      "change what they compute; pass --calib-images N to recalibrate anyway")
     ctx = _prepare(model, config, profile, options)
+    notes += [n for n in (ctx.source.note(),) if n]
     classes = list(ckpt.classes or ctx.classes)
     ctx.identity.update(model=config.model, classes=classes, checkpoint_sha256=ckpt.sha256,
                         preprocessing=preprocessing(ctx.data_spec))
@@ -344,11 +352,12 @@ def _export_locked(checkpoint: Path, out: Path, options: ExportOptions,
             fault_point("export.subnet")
         reports.sort(key=lambda s: (s.macs, s.width, s.resolution))
         table = parity_table(reports)
-        files = _write_reports(tmp, reports, table, ckpt, profile)
+        files = _write_reports(tmp, reports, table, ckpt, profile, ctx.source)
         files["parity_images"], kept = write_parity_images_file(
             tmp, ctx.eval_x, ctx.eval_y, preprocessing(ctx.data_spec))
-        if kept < len(ctx.eval_y):
-            notes.append(f"parity_images.npz keeps {kept} of the {len(ctx.eval_y)} held-out "
+        held_out = sum(len(x) for x in ctx.eval_x)
+        if kept < held_out:
+            notes.append(f"parity_images.npz keeps {kept} of the {held_out} held-out "
                          f"images (capped at {PARITY_IMAGES_MAX_BYTES >> 20} MB); engine "
                          "parity on the device uses those, or pass build-engines --images")
         doc = _manifest(config, model, classes, ckpt, profile, ctx, reports, files)
@@ -369,26 +378,27 @@ def bn_stats_folded(extra: Mapping[str, Any]) -> bool:
 
 def _prepare(model: Any, config: Any, profile: DeployProfile,
              options: ExportOptions) -> _Context:
-    from mutualnet.data import load_data
+    from .parity_data import labelled_data, parity_data
 
-    spec = resolve_data_spec(config, options.data)
     calib = config.calib_images if options.calib_images is None else options.calib_images
     # calibration reads at most `calib` images: decode only that many (balanced over classes)
-    limits = [n for n in (config.max_train_images, calib) if n]
-    train_spec = dataclasses.replace(spec, max_images=min(limits) if limits else None)
-    train = load_data(train_spec, "train") if calib > 0 else None
-    val = load_data(dataclasses.replace(spec, max_images=options.eval_images), "val")
+    src = parity_data(config, options.data, eval_images=options.eval_images,
+                      calib_images=calib, seed=options.seed) or labelled_data(
+        resolve_data_spec(config, options.data), max_train_images=config.max_train_images,
+        eval_images=options.eval_images, calib_images=calib)
     num_classes = model_num_classes(model)
-    if val.num_classes > num_classes:
-        raise ExportUsageError(f"the data has {val.num_classes} classes but the model "
+    if src.labelled and src.val.num_classes > num_classes:
+        raise ExportUsageError(f"the data has {src.val.num_classes} classes but the model "
                                f"predicts {num_classes}; pass the --data it was trained on")
     xs, ys = [], []
-    for x, y in val.batches(options.batch_size, augment=False, shuffle=False,
-                            limit=options.eval_images):
+    for x, y in src.val.batches(options.batch_size, augment=False, shuffle=False,
+                                limit=options.eval_images):
         xs.append(x.float().cpu())
         ys.append(y.cpu().numpy())
-    return _Context(model, config, profile, options, train, xs, np.concatenate(ys),
-                    available_backends(profile.ort_providers), calib, tuple(val.classes), spec)
+    return _Context(model, config, profile, options, src.train, xs,
+                    np.concatenate(ys) if src.labelled else None,
+                    available_backends(profile.ort_providers), calib, src.classes, src.spec,
+                    src)
 
 
 def model_num_classes(model: Any) -> int:
@@ -484,7 +494,7 @@ def to_uint8_images(batches: Sequence[Any], pre: Mapping[str, Any]) -> np.ndarra
     return np.ascontiguousarray(nhwc[..., ::-1] if pre.get("channel_order") == "BGR" else nhwc)
 
 
-def write_parity_images_file(tmp: Path, batches: Sequence[Any], labels: np.ndarray,
+def write_parity_images_file(tmp: Path, batches: Sequence[Any], labels: np.ndarray | None,
                              pre: Mapping[str, Any], *,
                              max_bytes: int = PARITY_IMAGES_MAX_BYTES
                              ) -> tuple[dict[str, Any], int]:
@@ -495,17 +505,19 @@ def write_parity_images_file(tmp: Path, batches: Sequence[Any], labels: np.ndarr
     images = to_uint8_images([b.numpy() if hasattr(b, "numpy") else b for b in batches], pre)
     keep = max(1, min(len(images), max_bytes // max(1, images[0].nbytes)))
     idx = np.linspace(0, len(images) - 1, keep).astype(int)
-    path = write_parity_images(tmp / PARITY_IMAGES_FILE, images[idx], np.asarray(labels)[idx],
+    path = write_parity_images(tmp / PARITY_IMAGES_FILE, images[idx],
+                               None if labels is None else np.asarray(labels)[idx],
                                crop=int(pre["crop"]))
     return file_entry(tmp, path), keep
 
 
-def _fmt(v: float | None, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
+def _fmt(v: float | None, spec: str, missing: str = "-") -> str:
+    return missing if v is None else format(v, spec)
 
 
 def parity_table(reports: Sequence[SubnetReport]) -> str:
-    """Markdown table: subnet, MACs, PyTorch top-1, ORT top-1, agreement, max diffs, result."""
+    """Markdown table: subnet, MACs, PyTorch top-1, ORT top-1, agreement, max diffs, result
+    (top-1 columns say "no labels" where the images had none)."""
     from mutualnet.flops import human
 
     head = ("| subnet | MACs | PyTorch top-1 | ORT top-1 | agreement | max diff ORT | "
@@ -517,8 +529,8 @@ def parity_table(reports: Sequence[SubnetReport]) -> str:
         failed = [k for k, p in s.parity.items() if not p.passed]
         result = "pass" if not failed else "FAIL (" + ", ".join(failed) + ")"
         lines.append(
-            f"| {s.id} | {human(s.macs)} | {_fmt(s.accuracy.get('pytorch'), '.2f')} | "
-            f"{_fmt(ort.top1 if ort else None, '.2f')} | "
+            f"| {s.id} | {human(s.macs)} | {_fmt(s.accuracy.get('pytorch'), '.2f', NO_LABELS)} | "
+            f"{_fmt(ort.top1, '.2f', NO_LABELS) if ort else '-'} | "
             f"{_fmt(100 * ort.top1_agreement if ort else None, '.1f')}% | "
             f"{_fmt(ort.max_abs_diff if ort else None, '.2e')} | "
             f"{_fmt(sl.max_abs_diff if sl else None, '.2e')} | "
@@ -527,15 +539,17 @@ def parity_table(reports: Sequence[SubnetReport]) -> str:
 
 
 def _write_reports(tmp: Path, reports: Sequence[SubnetReport], table: str, ckpt: Any,
-                   profile: DeployProfile) -> dict[str, dict[str, Any]]:
+                   profile: DeployProfile, source: Any) -> dict[str, dict[str, Any]]:
     images = reports[0].parity[SLICED].images if reports else 0
     gate = ParityGate.from_profile(profile, precision="fp32")
     md = (f"# Parity: {ckpt.config.model} from {ckpt.path.name}\n\n"
-          f"Held-out images: {images}; reference: the supernet at each (w, r) with BN "
+          f"Images: {source.describe()}; reference: the supernet at each (w, r) with BN "
           f"calibrated for it; gate: max abs logit diff <= {gate.max_abs_diff:g} (fp32). "
           f"Profile: {profile.name}.\n\n{table}\n")
     doc = {"model": ckpt.config.model, "checkpoint": ckpt.path.name,
            "checkpoint_sha256": ckpt.sha256, "profile": profile.name, "images": images,
+           "data": {"source": source.kind, "labelled": source.labelled,
+                    "description": source.describe()},
            "gate": dataclasses.asdict(gate), "created": utc_now(),
            "subnets": [s.to_dict() for s in reports]}
     (tmp / PARITY_MD).write_text(md)

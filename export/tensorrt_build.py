@@ -56,8 +56,7 @@ from .manifest import (
     verify_manifest,
 )
 from .parity import ParityGate, ParityResult, compare
-from .parity_images import ParityImages, as_parity_images, stored_parity_images
-from .preprocess import preprocess_images
+from .parity_images import ParityImages, as_parity_images, model_inputs, stored_parity_images
 from .profiles import DeployProfile, load_profile, profile_from_dict
 
 __all__ = ["BuildReport", "build_engines", "describe", "engine_parity"]
@@ -217,10 +216,7 @@ def engine_parity(reference: np.ndarray, engine: np.ndarray, labels: np.ndarray 
 
 
 def _parity_inputs(manifest: Manifest, data: ParityImages, resolution: int) -> np.ndarray:
-    pre = manifest.preprocessing.as_dict()
-    if data.cropped:   # stored already resized + cropped: only normalize and resize
-        pre = {**pre, "resize": None, "resize_mode": "shorter_side"}
-    return preprocess_images(data.images, pre, resolution)
+    return model_inputs(manifest, data.images, resolution, cropped=data.cropped)
 
 
 def engine_runner(manifest: Manifest, sn: SubnetEntry, record: EngineRecord) -> Runner:

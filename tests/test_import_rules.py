@@ -14,6 +14,7 @@ DEVICE_SIDE = ("export/runtime.py", "export/manifest.py", "export/profiles.py",
                "export/errors.py", "export/latency.py", "export/budget.py",
                "export/preprocess.py",
                "export/controller.py", "export/parity.py", "export/parity_images.py",
+               "export/val.py",
                "export/tensorrt_build.py", "export/backends/__init__.py",
                "export/backends/onnxruntime.py", "export/backends/tensorrt.py",
                "export/graph_identity.py", "export/jsonio.py", "export/onnxproto.py")

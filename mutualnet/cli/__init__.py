@@ -56,9 +56,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from . import deploy, export, info, train, weights
+    from . import deploy, export, info, train, val, weights
 
-    for module in (info, weights, export, train, deploy):
+    for module in (info, weights, export, train, deploy, val):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -30,7 +30,8 @@ from ._params import FLOATS, RESOLUTIONS, progress_option, threads_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--data", default=None, metavar="NAME|NAME:PATH|PATH",
               help="Data to calibrate and check on instead of the checkpoint's, e.g. "
-                   "npz:../shared/data/cifar10_jpeg.npz.")
+                   "npz:../shared/data/cifar10_jpeg.npz; a folder of images (no class "
+                   "folders) or 'synthetic' checks parity without labels.")
 @click.option("--device", default="auto", show_default=True,
               help="Device for BN calibration: auto (cuda if present), cpu, cuda; parity "
                    "always runs on the CPU.")
