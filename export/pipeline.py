@@ -398,7 +398,7 @@ def _prepare(model: Any, config: Any, profile: DeployProfile,
     return _Context(model, config, profile, options, src.train, xs,
                     np.concatenate(ys) if src.labelled else None,
                     available_backends(profile.ort_providers), calib, src.classes, src.spec,
-                    src)
+                    source=src)
 
 
 def model_num_classes(model: Any) -> int:
