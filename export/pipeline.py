@@ -49,8 +49,13 @@ from .errors import ExportError, ExportUsageError
 from .manifest import SCHEMA_VERSION, file_entry, subnet_id, utc_now, write_manifest
 from .onnx_export import DEFAULT_EXPORTER, EXPORTERS, INPUT_NAME, OUTPUT_NAME, export_onnx
 from .parity import ParityGate, ParityResult, collect, compare, top1_percent
-from .precisions import DEFAULT_CALIB_IMAGES, PrecisionResult, build_precisions, \
-    parse_precisions, precision_records
+from .precisions import (
+    DEFAULT_CALIB_IMAGES,
+    PrecisionResult,
+    build_precisions,
+    parse_precisions,
+    precision_records,
+)
 from .profiles import DeployProfile, load_profile
 
 PARITY_MD = "parity.md"
