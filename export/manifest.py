@@ -17,7 +17,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path, PurePosixPath
@@ -518,7 +518,7 @@ class SubnetEntry:
     latency: Mapping[str, LatencyRecord]
     status: str
     selection_accuracy: AccuracyRecord | None = None
-    precision_records: Mapping[str, PrecisionRecord] = MappingProxyType({})
+    precision_records: Mapping[str, PrecisionRecord] = field(default_factory=lambda: _ro({}))
 
     @property
     def onnx(self) -> FileRecord:
