@@ -342,13 +342,18 @@ def _store_parity_images(root: Path, n: int = 40, crop: int = 16) -> np.ndarray:
     return imgs
 
 
-def _fake_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
+def _fake_tensorrt(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
     """Everything TensorRT would do, faked: 'engines' are placeholder files, and the
-    'tensorrt' runner of engine parity is ONNX Runtime (so parity agrees exactly)."""
+    'tensorrt' runner of engine parity is ONNX Runtime (so parity agrees exactly).
+    Returns the (ONNX file name, strongly typed) of each build, in order."""
     import export.tensorrt_build as tb
     from export.backends.onnxruntime import OrtRunner
 
-    def build_one(trt, major, onnx_path, engine_path, cache_path, profile, name, r):
+    built: list[tuple[str, bool]] = []
+
+    def build_one(trt, major, onnx_path, engine_path, cache_path, profile, name, r,
+                  typed=False):
+        built.append((onnx_path.name, typed))
         engine_path.parent.mkdir(parents=True, exist_ok=True)
         engine_path.write_bytes(b"placeholder engine " + onnx_path.read_bytes()[:64])
 
@@ -360,6 +365,7 @@ def _fake_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tb, "build_one", build_one)
     monkeypatch.setattr(tb, "engine_layer_precisions", lambda *a: {"fp16": 5, "fp32": 1})
     monkeypatch.setattr(tb, "engine_runner", ort_as_trt)
+    return built
 
 
 def test_build_engines_runs_parity_on_the_stored_images_by_default(
