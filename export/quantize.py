@@ -149,3 +149,37 @@ def qdq_report(path: str | os.PathLike[str]) -> QdqReport:
     ops = [n.op_type for n in graph.node]
     return QdqReport(len(linear), ops.count("QuantizeLinear"), ops.count("DequantizeLinear"),
                      missing)
+
+
+def activation_scales(path: str | os.PathLike[str]) -> dict[str, float]:
+    """The per-tensor activation scales of a Q/DQ graph, by QuantizeLinear input tensor."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    inits = {i.name: i for i in graph.initializer}
+    return {n.input[0]: float(numpy_helper.to_array(inits[n.input[1]]))
+            for n in graph.node if n.op_type == "QuantizeLinear" and n.input[1] in inits}
+
+
+def with_activation_scales(path: str | os.PathLike[str], dst: str | os.PathLike[str],
+                           scales: dict[str, float]) -> Path:
+    """Copy of the Q/DQ graph ``path`` whose activation scales are replaced by ``scales``
+    (by tensor name; others kept): one calibration shared across subnets, which is what
+    per-subnet calibration is measured against (the subnets of one supernet share tensor
+    names, not ranges)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        tensor = node.input[0] if node.op_type == "QuantizeLinear" else \
+            next((q.input[0] for q in model.graph.node if q.op_type == "QuantizeLinear"
+                  and q.output[0] == node.input[0]), None)
+        if tensor in scales and node.input[1] in inits:
+            inits[node.input[1]].CopyFrom(numpy_helper.from_array(
+                np.asarray(scales[tensor], np.float32), node.input[1]))
+    return _write_model(model, Path(dst))
