@@ -55,7 +55,9 @@ from .precisions import (
     build_precisions,
     parse_precisions,
     precision_records,
+    read_calibration_images,
 )
+from .preprocess import preprocess_images
 from .profiles import DeployProfile, load_profile
 
 PARITY_MD = "parity.md"
@@ -90,6 +92,7 @@ class ExportOptions:
     seed: int = 0
     precisions: str | tuple[str, ...] | None = None  # "fp32,fp16,int8"; None: the profile's
     int8_calib_images: int = DEFAULT_CALIB_IMAGES  # per subnet, at its resolution
+    calib_data: str | None = None  # a folder of (unlabelled) int8 calibration images
 
 
 @dataclass(frozen=True)
@@ -279,6 +282,7 @@ class _Context:
     precisions: tuple[str, ...] = ("fp32",)
     quant_x: list[Any] = field(default_factory=list)  # int8 calibration images (base crop)
     quant_source: str = "train"
+    quant_images: list[np.ndarray] | None = None  # from --calib-data (uint8, any size)
 
 
 def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[str],
@@ -299,6 +303,8 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.Path
         raise ExportUsageError("--calib-images must be >= 0 (0 keeps the stored BN statistics)")
     profile = load_profile(options.profile)
     precisions, explicit = parse_precisions(options.precisions, profile)
+    folder = read_calibration_images(options.calib_data, options.int8_calib_images) \
+        if "int8" in precisions else None
     options = dataclasses.replace(options, device=resolve_device(options.device))
     ckpt = load_checkpoint(checkpoint, map_location="cpu")
     model, config = ckpt.model.eval(), ckpt.config
@@ -312,6 +318,8 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.Path
                      "imported weights have BN folded into the convs, and recalibrating would "
                      "change what they compute; pass --calib-images N to recalibrate anyway")
     ctx = _prepare(model, config, profile, options, precisions)
+    if folder is not None:
+        ctx.quant_images, ctx.quant_source = folder, f"folder {Path(options.calib_data or '')}"
     classes = list(ckpt.classes or ctx.classes)
     out.parent.mkdir(parents=True, exist_ok=True)
     with _staging(out) as tmp:
@@ -399,7 +407,7 @@ def _export_one(ctx: _Context, tmp: Path, width: float, resolution: int) -> Subn
     import torch
 
     from mutualnet.calibrate import calibrate_bn
-    from mutualnet.data import resize_to
+    from mutualnet.data import preprocessing, resize_to
     from mutualnet.flops import count
 
     from .slicing import save_subnet, slice_subnet
@@ -439,6 +447,8 @@ def _export_one(ctx: _Context, tmp: Path, width: float, resolution: int) -> Subn
     t["parity"], clock = _lap(clock)
     with torch.no_grad():
         calib = [resize_to(x, resolution).contiguous().numpy() for x in ctx.quant_x]
+    if ctx.quant_images is not None:
+        calib = [preprocess_images(ctx.quant_images, preprocessing(ctx.data_spec), resolution)]
     precs = build_precisions(onnx_info.path, ctx.precisions, batches, labels, ctx.profile,
                              calibration=calib, calib_source=ctx.quant_source,
                              calib_images=opts.int8_calib_images) \

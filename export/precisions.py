@@ -19,6 +19,7 @@ Manifest contract (``subnets[*]``): ``files["onnx_fp16"]`` / ``files["onnx_int8"
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -103,6 +104,24 @@ def parse_precisions(text: str | Sequence[str] | None,
                 f"{', '.join(profile.device_precisions)}; pick one of those or another "
                 "--profile")
     return tuple(dict.fromkeys(["fp32", *wanted])), explicit
+
+
+def read_calibration_images(folder: str | os.PathLike[str] | None,
+                            limit: int = DEFAULT_CALIB_IMAGES) -> list[np.ndarray] | None:
+    """At most ``limit`` images (uint8 RGB, any size, no labels needed) from ``folder`` for
+    int8 calibration; None without a folder; usage error for a folder with no images."""
+    from .preprocess import IMAGE_SUFFIXES, image_files, read_image
+
+    if folder is None:
+        return None
+    path = Path(folder)
+    if not path.is_dir():
+        raise ExportUsageError(f"--calib-data {folder}: not a folder; give a folder of images")
+    files = image_files(path)
+    if not files:
+        raise ExportUsageError(f"--calib-data {folder} holds no images "
+                               f"({', '.join(IMAGE_SUFFIXES)}); give a folder of images")
+    return [read_image(p) for p in files[:limit]]
 
 
 def _calibration_batches(calib: Sequence[np.ndarray], limit: int) -> list[np.ndarray]:

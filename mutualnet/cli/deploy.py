@@ -34,8 +34,7 @@ BUDGET = click.option("--budget-mmacs", "--budget-mflops", "budget_mmacs", type=
 STRICT = click.option("--strict", is_flag=True,
                       help="Refuse (exit 1) a budget below the smallest subnet instead of "
                            "falling back to it with a note.")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
-                  ".pgm")
+from export.preprocess import IMAGE_SUFFIXES  # noqa: E402 - one list of image suffixes
 
 
 def _default_threads() -> int:

@@ -49,13 +49,17 @@ from ._params import FLOATS, INTS
 @click.option("--int8-calib-images", type=click.IntRange(min=1), default=256,
               show_default=True, help="Images per subnet for int8 calibration, at its "
                                       "resolution, after its BN calibration.")
+@click.option("--calib-data", type=click.Path(path_type=Path), default=None, metavar="FOLDER",
+              help="A folder of images (no labels needed) to calibrate int8 on instead of "
+                   "the training images.")
 @click.option("--force", is_flag=True, help="Replace a non-empty output directory.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def export_cmd(checkpoint: Path, widths: list[float] | None, resolutions: list[int] | None,
                pairs: str | None, profile: str | None, out: Path | None,
                calib_images: int | None, eval_images: int, batch_size: int, data: str | None,
                device: str, exporter: str, threads: int | None, engines: bool,
-               precision: str | None, int8_calib_images: int, force: bool,
+               precision: str | None, int8_calib_images: int, calib_data: Path | None,
+               force: bool,
                no_progress: bool) -> None:
     """Export subnets of CHECKPOINT (a run directory or its .safetensors) for deployment.
 
@@ -90,6 +94,7 @@ def export_cmd(checkpoint: Path, widths: list[float] | None, resolutions: list[i
         profile=profile, calib_images=calib_images, eval_images=eval_images,
         batch_size=batch_size, data=data, force=force, exporter=exporter, device=device,
         progress=not no_progress, precisions=precision, int8_calib_images=int8_calib_images,
+        calib_data=str(calib_data) if calib_data else None,
     )
     report = export_checkpoint(checkpoint, out, options)
     for note in report.notes:
