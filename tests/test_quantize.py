@@ -163,3 +163,34 @@ def test_runtime_without_that_precision_says_which_exist(tmp_path: Path) -> None
     root = make_export(tmp_path / "e")
     with pytest.raises(ManifestError, match=r"no int8 subnet.*precisions: fp32"):
         SubnetRuntime.load(root, backend="onnxruntime", precision="int8")
+
+
+def _strict_profile(tmp_path: Path, precisions: str) -> Path:
+    """The cpu profile with an int8 agreement gate no int8 graph meets (1.0)."""
+    import yaml
+
+    from export.profiles import load_profile
+
+    data = load_profile("cpu").to_dict()
+    data.update(name="strict", precisions=precisions.split(","), int8_min_top1_agreement=1.0)
+    path = tmp_path / "strict.yml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("explicit", [True, False])
+def test_a_failed_precision_is_left_out_and_fails_the_run_only_when_asked_for(
+        tiny_checkpoint: Path, tmp_path: Path, explicit: bool) -> None:
+    prof = _strict_profile(tmp_path, "fp32,int8")
+    out = tmp_path / "export"
+    args = ["export", str(tiny_checkpoint), "--pairs", "0.25@24", "--eval-images", "200",
+            "--profile", str(prof), "--out", str(out), "--no-progress"]
+    res = CliRunner().invoke(cli, args + (["--precision", "int8"] if explicit else []))
+    assert res.exit_code == (1 if explicit else 0), res.output
+    assert "FAIL (int8 agreement" in res.output and "< 1; left out" in res.output
+    assert "left out of the manifest: w0.25-r24: int8 agreement" in res.output
+    sn = load_manifest(out).subnets[0]
+    assert sn.precisions == ("fp32",) and "onnx_int8" not in sn.files
+    assert not (out / "subnets" / sn.id / "model.int8.onnx").exists()
+    doc = json.loads((out / "parity.json").read_text())
+    assert doc["subnets"][0]["precisions"]["int8"]["failed"].startswith("int8 agreement")
