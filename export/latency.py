@@ -72,9 +72,10 @@ def jetson_power_mode() -> str | None:
     return name or (lines[0] if lines else None)
 
 
-def latency_key(device_name: str, backend: str) -> str:
-    """The manifest key of a measurement: device and backend."""
-    return f"{device_name} [{backend}]"
+def latency_key(device_name: str, backend: str, precision: str = "fp32") -> str:
+    """The manifest key of a measurement: device, backend and (but fp32) precision."""
+    return f"{device_name} [{backend}]" if precision == "fp32" else \
+        f"{device_name} [{backend} {precision}]"
 
 
 def measure(run: Callable[[], Any], *, subnet_id: str, batch: int,
@@ -124,7 +125,8 @@ def _progress(total: int, enabled: bool) -> Any:
 def profile_manifest(manifest_dir: str | os.PathLike[str], *, backend: str = "auto",
                      device: str | None = None, duration_s: float = DEFAULT_DURATION_S,
                      batches: Sequence[int] | None = None, threads: int | None = None,
-                     progress: bool = True, seed: int = 0) -> list[LatencyStats]:
+                     progress: bool = True, seed: int = 0,
+                     precision: str = "fp32") -> list[LatencyStats]:
     """Measure every subnet at each batch size and record the figures in the manifest.
 
     batches: default = each subnet's (min, opt, max) batch sizes (the engine's for TensorRT,
@@ -132,7 +134,8 @@ def profile_manifest(manifest_dir: str | os.PathLike[str], *, backend: str = "au
     keeps batch-1 (or the smallest batch) figures at its top level and every batch in
     ``by_batch``. Only ``subnets[*].latency`` changes; no file is re-hashed.
     """
-    rt = SubnetRuntime.load(manifest_dir, backend=backend, device=device, threads=threads)
+    rt = SubnetRuntime.load(manifest_dir, backend=backend, device=device, threads=threads,
+                            precision=precision)
     try:
         if batches is not None and (not batches or any(b < 1 for b in batches)):
             raise ExportUsageError(f"batch sizes must be >= 1, got {list(batches)}")
@@ -151,7 +154,7 @@ def profile_manifest(manifest_dir: str | os.PathLike[str], *, backend: str = "au
         if bar is not None:
             bar.close()
         power = jetson_power_mode()
-        key = latency_key(rt.device_name, rt.backend)
+        key = latency_key(rt.device_name, rt.backend, precision)
         provider = ",".join(rt.providers) if rt.providers else rt.backend
         stamp = utc_now()
 
@@ -164,6 +167,7 @@ def profile_manifest(manifest_dir: str | os.PathLike[str], *, backend: str = "au
                 sn["latency"][key] = {
                     "device": rt.device_name, "backend": rt.backend, "provider": provider,
                     **first.row(), "power_mode": power, "measured": stamp,
+                    "precision": precision,
                     "by_batch": [r.row() for r in rows],
                 }
 

@@ -17,7 +17,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path, PurePosixPath
@@ -34,7 +34,8 @@ SCHEMA_FILE = "manifest.schema.json"
 
 __all__ = [
     "MANIFEST_FILE", "SCHEMA_VERSION", "AccuracyRecord", "EngineRecord", "FileRecord",
-    "LatencyRecord", "LatencyRow", "Manifest", "ModelInfo", "ParityRecord", "Preprocessing",
+    "LatencyRecord", "LatencyRow", "Manifest", "ModelInfo", "ParityRecord", "PrecisionRecord",
+    "Preprocessing",
     "ProfileRecord", "SourceCheckpoint", "SubnetEntry", "TensorSpec", "check_files", "file_entry",
     "iter_file_entries", "load_manifest", "load_schema", "parse_manifest", "read_document",
     "safe_path", "sha256_file", "subnet_id", "update_manifest", "utc_now", "validate_document",
@@ -464,12 +465,14 @@ class LatencyRecord:
     device: str | None = None
     provider: str | None = None
     by_batch: tuple[LatencyRow, ...] = ()
+    precision: str = "fp32"     # of the artifact measured (absent on disk: fp32)
 
     @classmethod
     def parse(cls, key: str, d: Mapping[str, Any]) -> LatencyRecord:
         return cls(key, str(d["backend"]), LatencyRow.parse(d), d.get("power_mode"),
                    str(d["measured"]), d.get("device"), d.get("provider"),
-                   tuple(LatencyRow.parse(r) for r in d.get("by_batch") or ()))
+                   tuple(LatencyRow.parse(r) for r in d.get("by_batch") or ()),
+                   str(d.get("precision", "fp32")))
 
     def p90_at(self, batch: int = 1) -> float | None:
         """p90 ms at ``batch``, None when not measured at that batch."""
@@ -477,6 +480,26 @@ class LatencyRecord:
             if row.batch == batch:
                 return row.p90_ms
         return None
+
+
+@dataclass(frozen=True)
+class PrecisionRecord:
+    """One precision's artifact of a subnet that passed its gate (``file``: its key in
+    ``files``); ``calibration`` for int8 (images, per_subnet, resolution, source)."""
+
+    precision: str
+    file: str
+    parity: ParityRecord
+    accuracy: AccuracyRecord | None = None
+    tool: str | None = None
+    calibration: Mapping[str, Any] | None = None
+
+    @classmethod
+    def parse(cls, precision: str, d: Mapping[str, Any]) -> PrecisionRecord:
+        acc, cal = d.get("accuracy"), d.get("calibration")
+        return cls(precision, str(d["file"]), ParityRecord.parse(d["parity"]),
+                   None if acc is None else AccuracyRecord.parse(acc), d.get("tool"),
+                   None if cal is None else _ro(cal))
 
 
 @dataclass(frozen=True)
@@ -497,10 +520,23 @@ class SubnetEntry:
     latency: Mapping[str, LatencyRecord]
     status: str
     selection_accuracy: AccuracyRecord | None = None
+    precision_records: Mapping[str, PrecisionRecord] = field(default_factory=lambda: _ro({}))
 
     @property
     def onnx(self) -> FileRecord:
         return self.files["onnx"]
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """The precisions this subnet has an artifact for (old manifests: fp32 only)."""
+        return tuple(self.precision_records) or ("fp32",)
+
+    def onnx_for(self, precision: str = "fp32") -> FileRecord | None:
+        """The ONNX file of ``precision`` (None when this subnet has none)."""
+        if precision == "fp32":
+            return self.onnx
+        rec = self.precision_records.get(precision)
+        return None if rec is None else self.files.get(rec.file)
 
     @property
     def mmacs(self) -> float:
@@ -530,7 +566,8 @@ class SubnetEntry:
             _ro({k: ParityRecord.parse(v) for k, v in d["parity"].items()}),
             tuple(EngineRecord.parse(e) for e in d["engines"]),
             _ro({k: LatencyRecord.parse(k, v) for k, v in d["latency"].items()}),
-            str(d["status"]), None if sel is None else AccuracyRecord.parse(sel))
+            str(d["status"]), None if sel is None else AccuracyRecord.parse(sel),
+            _ro({k: PrecisionRecord.parse(k, v) for k, v in (d.get("precisions") or {}).items()}))
 
 
 @dataclass(frozen=True)

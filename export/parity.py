@@ -39,9 +39,13 @@ class ParityGate:
 
     @classmethod
     def from_profile(cls, profile: Any, *, precision: str | None = None) -> ParityGate:
-        """The gate of a :class:`export.profiles.DeployProfile` (``precision`` overrides)."""
-        return cls(precision or profile.precision, float(profile.fp32_max_abs_diff),
-                   float(profile.min_top1_agreement), float(profile.max_accuracy_drop_pt))
+        """The gate of a :class:`export.profiles.DeployProfile` (``precision`` overrides):
+        fp16 and int8 take the profile's ``fp16_*`` / ``int8_*`` agreement and drop keys,
+        other precisions (tf32) its ``min_top1_agreement`` / ``max_accuracy_drop_pt``."""
+        prec = precision or profile.precision
+        agreement = getattr(profile, f"{prec}_min_top1_agreement", profile.min_top1_agreement)
+        drop = getattr(profile, f"{prec}_max_accuracy_drop_pt", profile.max_accuracy_drop_pt)
+        return cls(prec, float(profile.fp32_max_abs_diff), float(agreement), float(drop))
 
     @property
     def rule(self) -> str:

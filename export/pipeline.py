@@ -56,6 +56,15 @@ from .manifest import SCHEMA_VERSION, file_entry, subnet_id, utc_now, write_mani
 from .onnx_export import DEFAULT_EXPORTER, EXPORTERS, INPUT_NAME, OUTPUT_NAME, export_onnx
 from .parity import ParityGate, ParityResult, collect, compare, top1_percent
 from .parity_data import NO_LABELS
+from .precisions import (
+    DEFAULT_CALIB_IMAGES,
+    PrecisionResult,
+    build_precisions,
+    parse_precisions,
+    precision_records,
+    read_calibration_images,
+)
+from .preprocess import preprocess_images
 from .profiles import DeployProfile, load_profile
 
 PARITY_MD = "parity.md"
@@ -88,6 +97,9 @@ class ExportOptions:
     device: str = "auto"  # where BN calibration runs (auto: cuda if present); parity: CPU
     progress: bool = True
     seed: int = 0
+    precisions: str | tuple[str, ...] | None = None  # "fp32,fp16,int8"; None: the profile's
+    int8_calib_images: int = DEFAULT_CALIB_IMAGES  # per subnet, at its resolution
+    calib_data: str | None = None  # a folder of (unlabelled) int8 calibration images
 
 
 @dataclass(frozen=True)
@@ -103,10 +115,16 @@ class SubnetReport:
     accuracy: Mapping[str, float | None]
     timings: Mapping[str, float]
     files: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    precisions: Mapping[str, PrecisionResult] = field(default_factory=dict)  # fp16 / int8
+    precision_record: Mapping[str, Any] = field(default_factory=dict)  # manifest "precisions"
 
     @property
     def passed(self) -> bool:
         return all(p.passed for p in self.parity.values())
+
+    @property
+    def precision_failures(self) -> list[str]:
+        return [f"{self.id}: {r.failure()}" for r in self.precisions.values() if not r.passed]
 
     @property
     def status(self) -> str:
@@ -122,6 +140,7 @@ class SubnetReport:
                 "macs": self.macs, "params": self.params, "status": self.status,
                 "accuracy": dict(self.accuracy) if self.labelled else NO_LABELS,
                 "parity": {k: v.to_dict() for k, v in self.parity.items()},
+                "precisions": {k: v.to_dict() for k, v in self.precisions.items()},
                 "timings_s": {k: round(v, 4) for k, v in self.timings.items()}}
 
 
@@ -135,6 +154,8 @@ class ExportReport:
     seconds: float
     table: str
     notes: tuple[str, ...] = ()  # decisions the caller should show (e.g. BN kept as stored)
+    precisions: tuple[str, ...] = ("fp32",)
+    precisions_explicit: bool = False   # --precision given: a failed precision fails the run
 
     @property
     def failed(self) -> list[str]:
@@ -143,6 +164,11 @@ class ExportReport:
     @property
     def ok(self) -> bool:
         return not self.failed
+
+    @property
+    def precision_failures(self) -> list[str]:
+        """fp16 / int8 artifacts that failed their gate and were left out of the manifest."""
+        return [f for s in self.subnets for f in s.precision_failures]
 
 
 # --------------------------------------------------------------------------- validation
@@ -282,6 +308,10 @@ class _Context:
     data_spec: Any
     identity: dict[str, Any] = field(default_factory=dict)  # identity_metadata's model part
     source: Any = None          # export.parity_data.ParityData
+    precisions: tuple[str, ...] = ("fp32",)
+    quant_x: list[Any] = field(default_factory=list)  # int8 calibration images (base crop)
+    quant_source: str = "train"
+    quant_images: list[np.ndarray] | None = None  # from --calib-data (uint8, any size)
 
 
 def export_checkpoint(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[str],
@@ -328,6 +358,9 @@ def _export_locked(checkpoint: Path, out: Path, options: ExportOptions,
     from mutualnet.data import preprocessing
 
     profile = load_profile(options.profile)
+    precisions, explicit = parse_precisions(options.precisions, profile)
+    folder = read_calibration_images(options.calib_data, options.int8_calib_images) \
+        if "int8" in precisions else None
     options = dataclasses.replace(options, device=str(resolve_device(options.device)))
     ckpt = load_checkpoint(checkpoint, map_location="cpu")
     model, config = ckpt.model.eval(), ckpt.config
@@ -340,8 +373,10 @@ def _export_locked(checkpoint: Path, out: Path, options: ExportOptions,
         notes.append("BN statistics kept as stored (--calib-images 0): this checkpoint's "
                      "imported weights have BN folded into the convs, and recalibrating would "
                      "change what they compute; pass --calib-images N to recalibrate anyway")
-    ctx = _prepare(model, config, profile, options)
+    ctx = _prepare(model, config, profile, options, precisions)
     notes += [n for n in (ctx.source.note(),) if n]
+    if folder is not None:
+        ctx.quant_images, ctx.quant_source = folder, f"folder {Path(options.calib_data or '')}"
     classes = list(ckpt.classes or ctx.classes)
     ctx.identity.update(model=config.model, classes=classes, checkpoint_sha256=ckpt.sha256,
                         preprocessing=preprocessing(ctx.data_spec))
@@ -366,7 +401,7 @@ def _export_locked(checkpoint: Path, out: Path, options: ExportOptions,
         fault_point("export.staged")
         _install(tmp, out, force=options.force, protect=(checkpoint,))
     return ExportReport(out, out / manifest.name, tuple(reports),
-                        time.perf_counter() - start, table, tuple(notes))
+                        time.perf_counter() - start, table, tuple(notes), precisions, explicit)
 
 
 def bn_stats_folded(extra: Mapping[str, Any]) -> bool:
@@ -377,7 +412,7 @@ def bn_stats_folded(extra: Mapping[str, Any]) -> bool:
 
 
 def _prepare(model: Any, config: Any, profile: DeployProfile,
-             options: ExportOptions) -> _Context:
+             options: ExportOptions, precisions: tuple[str, ...] = ("fp32",)) -> _Context:
     from .parity_data import labelled_data, parity_data
 
     calib = config.calib_images if options.calib_images is None else options.calib_images
@@ -395,10 +430,18 @@ def _prepare(model: Any, config: Any, profile: DeployProfile,
                                 limit=options.eval_images):
         xs.append(x.float().cpu())
         ys.append(y.cpu().numpy())
-    return _Context(model, config, profile, options, src.train, xs,
-                    np.concatenate(ys) if src.labelled else None,
-                    available_backends(profile.ort_providers), calib, src.classes, src.spec,
-                    source=src)
+    ctx = _Context(model, config, profile, options, src.train, xs,
+                   np.concatenate(ys) if src.labelled else None,
+                   available_backends(profile.ort_providers), calib, src.classes, src.spec,
+                   source=src, precisions=precisions)
+    if "int8" in precisions:   # int8 ranges: training images when loaded, else the held-out
+        n = options.int8_calib_images
+        train = src.train
+        ctx.quant_x = [x.float().cpu() for x, _ in train.batches(
+            options.batch_size, augment=False, shuffle=True, seed=options.seed, limit=n)] \
+            if train is not None else xs
+        ctx.quant_source = "train" if train is not None else "held_out"
+    return ctx
 
 
 def model_num_classes(model: Any) -> int:
@@ -428,7 +471,7 @@ def _export_one(ctx: _Context, tmp: Path, width: float, resolution: int) -> Subn
     import torch
 
     from mutualnet.calibrate import calibrate_bn
-    from mutualnet.data import resize_to
+    from mutualnet.data import preprocessing, resize_to
     from mutualnet.flops import count
 
     from .slicing import save_subnet, slice_subnet
@@ -468,12 +511,22 @@ def _export_one(ctx: _Context, tmp: Path, width: float, resolution: int) -> Subn
                                   backend=backend)
         accuracy[backend] = parity[backend].top1
     t["parity"], clock = _lap(clock)
+    with torch.no_grad():
+        calib = [resize_to(x, resolution).contiguous().numpy() for x in ctx.quant_x]
+    if ctx.quant_images is not None:
+        calib = [preprocess_images(ctx.quant_images, preprocessing(ctx.data_spec), resolution)]
+    precs = build_precisions(onnx_info.path, ctx.precisions, batches, labels, ctx.profile,
+                             calibration=calib, calib_source=ctx.quant_source,
+                             calib_images=opts.int8_calib_images) \
+        if len(ctx.precisions) > 1 and all(p.passed for p in parity.values()) else {}
+    extra, record = precision_records(precs, parity.get("onnxruntime"), tmp)
+    t["precisions"], clock = _lap(clock)
     cost = count(model, width, resolution)
     files = {"onnx": file_entry(tmp, onnx_info.path), "weights": file_entry(tmp, weights),
-             "arch": file_entry(tmp, arch)}
+             "arch": file_entry(tmp, arch), **extra}
     t["total"] = sum(t.values())
     return SubnetReport(sid, float(width), int(resolution), int(cost.macs), int(cost.params),
-                        parity, accuracy, t, files)
+                        parity, accuracy, t, files, precs, record)
 
 
 def _lap(clock: float) -> tuple[float, float]:
@@ -516,26 +569,38 @@ def _fmt(v: float | None, spec: str, missing: str = "-") -> str:
 
 
 def parity_table(reports: Sequence[SubnetReport]) -> str:
-    """Markdown table: subnet, MACs, PyTorch top-1, ORT top-1, agreement, max diffs, result
-    (top-1 columns say "no labels" where the images had none)."""
-    from mutualnet.flops import human
-
-    head = ("| subnet | MACs | PyTorch top-1 | ORT top-1 | agreement | max diff ORT | "
-            "max diff sliced | time s | result |")
-    lines = [head, "|" + "---|" * 9]
+    """Markdown table, one row per subnet and precision: MACs, PyTorch top-1, ORT top-1,
+    agreement (fp32: with the supernet; fp16 / int8: with the fp32 ONNX), accuracy drop,
+    max diffs, result."""
+    head = ("| subnet | MACs | PyTorch top-1 | ORT top-1 | agreement | precision | drop pt | "
+            "max diff ORT | max diff sliced | time s | result |")
+    lines = [head, "|" + "---|" * 11]
     for s in reports:
         ort = s.parity.get("onnxruntime")
         sl = s.parity.get(SLICED)
         failed = [k for k, p in s.parity.items() if not p.passed]
         result = "pass" if not failed else "FAIL (" + ", ".join(failed) + ")"
-        lines.append(
-            f"| {s.id} | {human(s.macs)} | {_fmt(s.accuracy.get('pytorch'), '.2f', NO_LABELS)} | "
-            f"{_fmt(ort.top1, '.2f', NO_LABELS) if ort else '-'} | "
-            f"{_fmt(100 * ort.top1_agreement if ort else None, '.1f')}% | "
-            f"{_fmt(ort.max_abs_diff if ort else None, '.2e')} | "
-            f"{_fmt(sl.max_abs_diff if sl else None, '.2e')} | "
-            f"{s.timings.get('total', 0.0):.2f} | {result} |")
+        missing = "-" if s.labelled else NO_LABELS
+        lines.append(_row(s, "fp32", s.accuracy.get("pytorch"), ort, sl, s.timings.get(
+            "total", 0.0), result, missing))
+        for prec, r in s.precisions.items():
+            lines.append(_row(s, prec, None, r.parity, None, r.seconds,
+                              "pass" if r.passed else f"FAIL ({r.failure()}; left out)", missing))
     return "\n".join(lines)
+
+
+def _row(s: SubnetReport, precision: str, torch_top1: float | None, p: ParityResult | None,
+         sliced: ParityResult | None, seconds: float, result: str, missing: str = "-") -> str:
+    from mutualnet.flops import human
+
+    drop = p.accuracy_drop_pt if p is not None and precision != "fp32" else None
+    torch_cell = _fmt(torch_top1, '.2f', missing if precision == "fp32" else "-")
+    return (f"| {s.id} | {human(s.macs)} | {torch_cell} | "
+            f"{_fmt(p.top1 if p else None, '.2f', missing)} | "
+            f"{_fmt(100 * p.top1_agreement if p else None, '.1f')}% | {precision} | "
+            f"{_fmt(drop, '+.2f')} | {_fmt(p.max_abs_diff if p else None, '.2e')} | "
+            f"{_fmt(sliced.max_abs_diff if sliced else None, '.2e')} | {seconds:.2f} | "
+            f"{result} |")
 
 
 def _write_reports(tmp: Path, reports: Sequence[SubnetReport], table: str, ckpt: Any,
@@ -580,6 +645,7 @@ def _manifest(config: Any, model: Any, classes: list[str], ckpt: Any, profile: D
                          for k, v in s.accuracy.items()},
             "parity": {k: v.manifest_entry() for k, v in s.parity.items()},
             "engines": [], "latency": {}, "status": s.status,
+            **({"precisions": dict(s.precision_record)} if s.precision_record else {}),
             "selection_accuracy": selection_accuracy(s, full_eval),
         })
     return {

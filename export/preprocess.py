@@ -549,3 +549,14 @@ def _float_to_8bit(p: Path, a: np.ndarray) -> np.ndarray:
                                "(the range a float image's bit depth means); save it as an "
                                "8-bit image or scale it to 0..1")
     return np.rint(a * 255.0).astype(np.uint8)
+
+
+#: the file suffixes read as images from a folder (``run``, ``export --calib-data``)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
+                  ".pgm")
+
+
+def image_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """The image files directly in ``folder``, sorted (suffixes :data:`IMAGE_SUFFIXES`)."""
+    return sorted(p for p in Path(folder).iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

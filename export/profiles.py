@@ -6,6 +6,13 @@ precision, the batch range of the engines' optimization profile, the builder wor
 the DLA core (Jetson AGX / NX only), the compute budgets the runtime switches between, and
 the parity gates an export or engine must pass.
 
+Precisions: ``device_precisions`` are what the device can run (a DLA: fp16 and int8 only);
+``precisions`` the artifacts ``mutualnet export`` writes by default (fp32 always comes too,
+as the reference); ``precision`` the one TensorRT engines are built in. fp32 is gated on
+logits (``fp32_max_abs_diff``); fp16 and int8 on top-1 agreement with the fp32 ONNX and
+accuracy drop (``fp16_*`` / ``int8_*`` keys); ``min_top1_agreement`` and
+``max_accuracy_drop_pt`` gate the rest (TF32 inside ORT's TensorRT provider).
+
 ``budgets_mflops`` are in millions of multiply-accumulates, the unit the MutualNet paper
 calls "MFLOPs" and the manifest records per subnet as ``macs``.
 
@@ -59,6 +66,12 @@ class DeployProfile:
     fp32_max_abs_diff: float = 1e-4
     min_top1_agreement: float = 0.99
     max_accuracy_drop_pt: float = 0.5
+    precisions: tuple[str, ...] = ("fp32",)
+    device_precisions: tuple[str, ...] = PRECISIONS
+    fp16_min_top1_agreement: float = 0.99
+    fp16_max_accuracy_drop_pt: float = 0.3
+    int8_min_top1_agreement: float = 0.95
+    int8_max_accuracy_drop_pt: float = 1.0
     description: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -200,10 +213,7 @@ def profile_from_dict(data: Any, *, source: str = "<profile>",
                         f"min_batch, opt_batch and max_batch must be equal; got {min_b}/{opt_b}/"
                         f"{max_b}: set all three to 1 (or one batch size), or set dla_core: null "
                         "for a dynamic-batch GPU engine")
-    if precision == "int8":
-        raise _fail(source, "precision", "int8 is not supported yet: the export writes no "
-                    "Q/DQ ONNX and TensorRT 11 has no INT8 calibrator; use fp16 (TensorRT) or "
-                    "fp32")
+    device_precs, precs = _precisions(source, d, precision, dla)
     description = d.get("description", "")
     if not isinstance(description, str):
         raise _fail(source, "description", "expected a string")
@@ -219,8 +229,45 @@ def profile_from_dict(data: Any, *, source: str = "<profile>",
                                   d.get("min_top1_agreement", 0.99), lo=0.0, hi=1.0),
         max_accuracy_drop_pt=_float(source, "max_accuracy_drop_pt",
                                     d.get("max_accuracy_drop_pt", 0.5), lo=0.0, hi=100.0),
+        precisions=precs, device_precisions=device_precs,
+        **_precision_gates(source, d),
         description=description,
     )
+
+
+def _precision_list(source: str, key: str, v: Any) -> tuple[str, ...]:
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list | tuple) or not v:
+        raise _fail(source, key, f"expected a non-empty list of {', '.join(PRECISIONS)}, "
+                    f"got {v!r}")
+    return tuple(dict.fromkeys(_choice(source, key, p, PRECISIONS) for p in v))
+
+
+def _precisions(source: str, d: dict[str, Any], precision: str,
+                dla: int | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(device_precisions, precisions), checked against each other and the engine precision."""
+    default_device = ("fp16", "int8") if dla is not None else PRECISIONS
+    device = _precision_list(source, "device_precisions",
+                             d.get("device_precisions", list(default_device)))
+    if dla is not None and "fp32" in device:
+        raise _fail(source, "device_precisions", "the DLA runs fp16 or int8 only; drop fp32")
+    if precision not in device:
+        raise _fail(source, "precision", f"{precision} is not among device_precisions "
+                    f"({', '.join(device)})")
+    precs = _precision_list(source, "precisions", d.get("precisions", ["fp32"]))
+    for p in precs:
+        if p not in device:
+            raise _fail(source, "precisions", f"{p} is not among device_precisions "
+                        f"({', '.join(device)}); this device cannot run it")
+    return device, precs
+
+
+def _precision_gates(source: str, d: dict[str, Any]) -> dict[str, float]:
+    defaults = {"fp16_min_top1_agreement": 0.99, "fp16_max_accuracy_drop_pt": 0.3,
+                "int8_min_top1_agreement": 0.95, "int8_max_accuracy_drop_pt": 1.0}
+    return {k: _float(source, k, d.get(k, v), lo=0.0, hi=1.0 if "agreement" in k else 100.0)
+            for k, v in defaults.items()}
 
 
 def _read_yaml(path: Path) -> Any:

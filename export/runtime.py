@@ -41,6 +41,7 @@ from .backends.tensorrt import (
 from .budget import BudgetChoice, Candidate, choose
 from .errors import BackendUnavailableError, ExportError, ExportUsageError, ManifestError
 from .manifest import EngineRecord, Manifest, SubnetEntry, load_manifest
+from .profiles import PRECISIONS
 
 if TYPE_CHECKING:
     from .controller import LatencyController
@@ -121,9 +122,10 @@ class _State:
     failed: dict[str, str] = field(default_factory=dict)
 
 
-def _latency_for(sn: SubnetEntry, device: str, backend: str) -> float | None:
+def _latency_for(sn: SubnetEntry, device: str, backend: str,
+                 precision: str = "fp32") -> float | None:
     for rec in sn.latency.values():
-        if rec.backend == backend and rec.device == device:
+        if rec.backend == backend and rec.device == device and rec.precision == precision:
             p90 = rec.p90_at(1)
             if p90 is not None:
                 return p90
@@ -217,8 +219,23 @@ def resolve_backend(manifest_dir: str | os.PathLike[str], backend: str = "auto",
     return choose_backend(manifest, backend, device, on_stale)
 
 
+def precision_subnets(manifest: Manifest, precision: str) -> tuple[list[SubnetEntry], list[str]]:
+    """(subnets with an artifact of ``precision``, notes on those without); ManifestError
+    when none has one, naming the precisions the export holds."""
+    have = [sn for sn in manifest.subnets if sn.onnx_for(precision) is not None]
+    if not have:
+        exist = sorted({p for sn in manifest.subnets for p in sn.precisions})
+        raise ManifestError(f"{manifest.path} holds no {precision} subnet (precisions: "
+                            f"{', '.join(exist)}); load one of those, or re-export with "
+                            f"--precision {precision}")
+    notes = [f"{sn.id}: no {precision} artifact (failed its gate or not exported), skipped"
+             for sn in manifest.subnets if sn not in have]
+    return have, notes
+
+
 def _load_onnxruntime(manifest: Manifest, device: str | None, threads: int | None,
-                      max_batch: int) -> tuple[_State, tuple[str, ...]]:
+                      max_batch: int, precision: str = "fp32"
+                      ) -> tuple[_State, tuple[str, ...]]:
     providers = providers_for(manifest.profile.ort_providers, device)
     p = manifest.profile
     batch = (min(p.min_batch, max_batch), min(p.opt_batch, max_batch), max_batch)
@@ -226,22 +243,34 @@ def _load_onnxruntime(manifest: Manifest, device: str | None, threads: int | Non
     used: list[tuple[str, ...]] = []
 
     def make(sn: SubnetEntry) -> tuple[SubnetInfo, Runner]:
-        runner = OrtRunner(manifest.file(sn.onnx), providers=providers, threads=threads,
+        onnx = sn.onnx_for(precision)
+        assert onnx is not None
+        runner = OrtRunner(manifest.file(onnx), providers=providers, threads=threads,
                            allow_cpu_fallback=True, max_batch=max_batch)
         used.append(runner.providers)
         return _info(sn, batch), runner
 
-    for sn in manifest.subnets:
+    subnets, notes = precision_subnets(manifest, precision)
+    for note in notes:
+        warnings.warn(note, stacklevel=3)
+    for sn in subnets:
         _add(state, sn, lambda sn=sn: make(sn))
     _require_some(state, manifest)
     return state, (used[-1] if used else ())
 
 
-def _newest_matching(sn: SubnetEntry, env: EngineEnvironment) -> EngineRecord:
-    return next(r for r in reversed(sn.engines) if check_engine_record(r, env) is None)
+def _newest_matching(sn: SubnetEntry, env: EngineEnvironment,
+                     precision: str = "fp32") -> EngineRecord:
+    """The newest engine of ``sn`` for this GPU and TensorRT; fp16 / int8 take only engines
+    built in that precision, fp32 (the default) the engines as recorded."""
+    for rec in reversed(sn.engines):
+        if check_engine_record(rec, env) is None and precision in ("fp32", rec.precision):
+            return rec
+    raise ManifestError(f"no {precision} TensorRT engine of {sn.id} for this GPU; build one "
+                        f"with a {precision} profile (`mutualnet build-engines`)")
 
 
-def _load_tensorrt(manifest: Manifest, index: int, max_batch: int
+def _load_tensorrt(manifest: Manifest, index: int, max_batch: int, precision: str = "fp32"
                    ) -> tuple[_State, TrtShared, str]:
     env = tensorrt_environment(index)
     shared = TrtShared(index)
@@ -249,7 +278,7 @@ def _load_tensorrt(manifest: Manifest, index: int, max_batch: int
     runners: list[TrtRunner] = []
 
     def make(sn: SubnetEntry) -> tuple[SubnetInfo, Runner]:
-        rec = _newest_matching(sn, env)
+        rec = _newest_matching(sn, env, precision)
         mb = min(max_batch, rec.max_batch or max_batch)
         runner = TrtRunner(shared, manifest.file(rec.file), sn.resolution,
                            manifest.model.num_classes, mb, rec.dla_core)
@@ -295,19 +324,20 @@ class SubnetRuntime:
 
     def __init__(self, manifest: Manifest, backend: str, device: str, device_name: str,
                  state: _State, providers: tuple[str, ...] = (),
-                 trt_shared: TrtShared | None = None) -> None:
+                 trt_shared: TrtShared | None = None, precision: str = "fp32") -> None:
         self.manifest = manifest
         self.backend = backend
         self.device = device
         self.device_name = device_name
         self.providers = providers
+        self.precision = precision
         self._state = state
         self._trt = trt_shared
         self._fail_lock = threading.Lock()
         # preprocess_images takes the manifest's mapping (same keys as on disk)
         self._pre: dict[str, Any] = manifest.preprocessing.as_dict()
         for sid, slot in state.slots.items():
-            lat = _latency_for(manifest.subnet(sid), device_name, backend)
+            lat = _latency_for(manifest.subnet(sid), device_name, backend, precision)
             slot.info = replace(slot.info, latency_ms=lat)
         healthy = [s for s in manifest.subnet_ids if s in state.slots]
         self._active: _Slot = state.slots[healthy[-1]]   # the largest until told otherwise
@@ -316,7 +346,8 @@ class SubnetRuntime:
     @classmethod
     def load(cls, manifest_dir: str | os.PathLike[str], backend: str = "auto",
              device: str | None = None, on_stale: str = "error", *, threads: int | None = None,
-             verify: bool = True, max_batch: int | None = None) -> SubnetRuntime:
+             verify: bool = True, max_batch: int | None = None,
+             precision: str = "fp32") -> SubnetRuntime:
         """Verify the manifest (:func:`export.manifest.verify_manifest`) and preload every
         subnet.
 
@@ -328,18 +359,27 @@ class SubnetRuntime:
         ``error`` (ManifestError) or ``fallback`` (warn, run ONNX Runtime instead).
         threads: ONNX Runtime intra-op threads per session (None or 0: the cores this
         process may use).
+        precision: ``fp32``, ``fp16`` or ``int8``: ONNX Runtime loads that artifact of each
+        subnet (subnets without one are skipped with a warning; none at all is a
+        ManifestError naming the precisions there are); TensorRT loads engines built in
+        it (fp32: the engines as recorded). Budgets use latencies measured at it.
         """
         _check_choice(backend, on_stale)
+        if precision not in PRECISIONS:
+            raise ExportUsageError(f"precision must be one of {', '.join(PRECISIONS)}; got "
+                                   f"{precision!r}")
         manifest = load_manifest(manifest_dir, verify_files=verify)
         mb = int(max_batch or manifest.profile.max_batch)
         if choose_backend(manifest, backend, device, on_stale) == "tensorrt":
             index = device_index(device)
-            state, shared, gpu = _load_tensorrt(manifest, index, mb)
-            return cls(manifest, "tensorrt", f"cuda:{index}", gpu, state, trt_shared=shared)
-        state, used = _load_onnxruntime(manifest, device, threads, mb)
+            state, shared, gpu = _load_tensorrt(manifest, index, mb, precision)
+            return cls(manifest, "tensorrt", f"cuda:{index}", gpu, state, trt_shared=shared,
+                       precision=precision)
+        state, used = _load_onnxruntime(manifest, device, threads, mb, precision)
         dev = "cuda" if any("CUDA" in p for p in used) else "cpu"
         name = _cpu_name() if dev == "cpu" else _safe_gpu_name()
-        return cls(manifest, "onnxruntime", dev, name, state, providers=used)
+        return cls(manifest, "onnxruntime", dev, name, state, providers=used,
+                   precision=precision)
 
     # ------------------------------------------------------------------ introspection
     @property

@@ -42,6 +42,7 @@ from .backends.tensorrt import (
     import_tensorrt,
     tensorrt_major,
     timing_cache_relpath,
+    typed_onnx,
     write_build_script,
 )
 from .errors import BackendUnavailableError, ExportError, ExportUsageError
@@ -132,11 +133,12 @@ def _build_subnet(trt: Any, major: int, manifest: Manifest, prof: DeployProfile,
         if not engine_path.is_file():
             raise ExportError(f"{engine_path} does not exist; run {script} first")
         return engine_path
-    onnx_path = manifest.file(sn.onnx)
-    if major >= 11 and prof.precision == "fp16":
+    typed = typed_onnx(prof, sn)
+    onnx_path = manifest.file(typed or sn.onnx)
+    if major >= 11 and prof.precision == "fp16" and typed is None:
         onnx_path = convert_onnx_fp16(onnx_path, manifest.root / fp16_onnx_relpath(prof, sn.id))
     build_one(trt, major, onnx_path, engine_path, cache_path, prof, sn.input.name,
-              sn.resolution)
+              sn.resolution, typed is not None)
     return engine_path
 
 
@@ -163,6 +165,8 @@ def build_engines(manifest_dir: str | os.PathLike[str],
                                "TensorRT; pass --profile jetson-orin-nano, server-a100, ... ")
     check_buildable(prof, len(manifest.subnets))
     verify_manifest(manifest)
+    for sn in manifest.subnets:
+        typed_onnx(prof, sn)     # int8 without the Q/DQ ONNX: refused before writing
     data = as_parity_images(parity_data) if parity_data is not None else \
         stored_parity_images(manifest, parity_limit)
     cache_rel = str(timing_cache) if timing_cache else timing_cache_relpath(prof)

@@ -40,7 +40,7 @@ def test_export_grid_prints_parity_table_and_writes_manifest(exported) -> None:
     assert result.exit_code == 0, result.output
     rows = [line for line in result.output.splitlines() if line.startswith("| w")]
     assert len(rows) == 6 and all(line.endswith("| pass |") for line in rows)
-    assert "| subnet | MACs | PyTorch top-1 | ORT top-1 | agreement |" in result.output
+    assert "| subnet | MACs | PyTorch top-1 | ORT top-1 | agreement | precision |" in result.output
     assert (out / "parity.md").read_text().count("| pass |") == 6
     report = json.loads((out / "parity.json").read_text())
     assert [s["status"] for s in report["subnets"]] == ["ok"] * 6

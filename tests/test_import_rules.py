@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DEVICE_SIDE = ("export/runtime.py", "export/manifest.py", "export/profiles.py",
                "export/errors.py", "export/latency.py", "export/budget.py",
-               "export/preprocess.py",
+               "export/preprocess.py", "export/quantize.py", "export/precisions.py",
                "export/controller.py", "export/parity.py", "export/parity_images.py",
                "export/val.py",
                "export/tensorrt_build.py", "export/backends/__init__.py",

@@ -124,7 +124,10 @@ def test_invalid_values_name_file_and_key(tmp_path: Path, key: str, value: objec
     ({"max_batch": 8}, "max_batch", "DLA .* static shapes only.*1/1/8"),
     ({"opt_batch": 2, "max_batch": 2}, "opt_batch", "min_batch, opt_batch and max_batch must "
                                                     "be equal"),
-    ({"precision": "int8"}, "precision", "int8 is not supported yet.*Q/DQ"),
+    ({"precisions": ["fp32"]}, "precisions", "fp32 is not among device_precisions"),
+    ({"device_precisions": ["fp32", "int8"]}, "device_precisions", "DLA runs fp16 or int8"),
+    ({"precisions": ["int4"]}, "precisions", "must be one of fp32, fp16, int8"),
+    ({"int8_min_top1_agreement": 1.5}, "int8_min_top1_agreement", "<= 1.0"),
 ])
 def test_impossible_combinations(changes: dict, key: str, match: str) -> None:
     data = load_profile("jetson-agx-orin").to_dict()
@@ -134,10 +137,10 @@ def test_impossible_combinations(changes: dict, key: str, match: str) -> None:
     assert f"'{key}'" in str(info.value) and "agx.yml" in str(info.value)
 
 
-def test_int8_needs_tensorrt_and_not_a_mapping(tmp_path: Path) -> None:
+def test_precision_off_the_device_and_not_a_mapping(tmp_path: Path) -> None:
     data = load_profile("cpu").to_dict()
-    data["precision"] = "int8"
-    with pytest.raises(ProfileError, match="'precision'"):
+    data.update(precision="int8", device_precisions=["fp32"], precisions=["fp32"])
+    with pytest.raises(ProfileError, match="'precision'.*int8 is not among"):
         profile_from_dict(data, source="cpu.yml")
     path = tmp_path / "list.yml"
     path.write_text("- a\n- b\n")
@@ -160,12 +163,20 @@ def test_dla_static_batch_from_a_file_names_file_and_key(tmp_path: Path) -> None
     assert load_profile(str(_write(tmp_path, data))).max_batch == 4
 
 
-def test_int8_is_rejected_for_every_runtime() -> None:
+def test_int8_profiles_and_precision_defaults() -> None:
+    """int8 engines are allowed now (from the Q/DQ ONNX); precisions default per profile."""
     for base in ("server-a100", "cpu"):
         data = load_profile(base).to_dict()
         data["precision"] = "int8"
-        with pytest.raises(ProfileError, match="'precision'.*int8 is not supported yet"):
-            profile_from_dict(data, source=f"{base}.yml")
+        assert profile_from_dict(data, source=f"{base}.yml").precision == "int8"
+    assert load_profile("cpu").precisions == ("fp32",)
+    assert load_profile("jetson-agx-orin").precisions == ("int8",)
+    assert load_profile("jetson-agx-orin").device_precisions == ("fp16", "int8")
+    data = load_profile("cpu").to_dict()
+    data["device_precisions"] = ["fp32", "fp16"]
+    data["precisions"] = ["int8"]
+    with pytest.raises(ProfileError, match="'precisions'.*int8 is not among device_precisions"):
+        profile_from_dict(data, source="nogpu.yml")
 
 
 def test_binary_profile_file_is_a_profile_error(tmp_path: Path) -> None:

@@ -342,13 +342,18 @@ def _store_parity_images(root: Path, n: int = 40, crop: int = 16) -> np.ndarray:
     return imgs
 
 
-def _fake_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
+def _fake_tensorrt(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
     """Everything TensorRT would do, faked: 'engines' are placeholder files, and the
-    'tensorrt' runner of engine parity is ONNX Runtime (so parity agrees exactly)."""
+    'tensorrt' runner of engine parity is ONNX Runtime (so parity agrees exactly).
+    Returns the (ONNX file name, strongly typed) of each build, in order."""
     import export.tensorrt_build as tb
     from export.backends.onnxruntime import OrtRunner
 
-    def build_one(trt, major, onnx_path, engine_path, cache_path, profile, name, r):
+    built: list[tuple[str, bool]] = []
+
+    def build_one(trt, major, onnx_path, engine_path, cache_path, profile, name, r,
+                  typed=False):
+        built.append((onnx_path.name, typed))
         engine_path.parent.mkdir(parents=True, exist_ok=True)
         engine_path.write_bytes(b"placeholder engine " + onnx_path.read_bytes()[:64])
 
@@ -360,6 +365,7 @@ def _fake_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tb, "build_one", build_one)
     monkeypatch.setattr(tb, "engine_layer_precisions", lambda *a: {"fp16": 5, "fp32": 1})
     monkeypatch.setattr(tb, "engine_runner", ort_as_trt)
+    return built
 
 
 def test_build_engines_runs_parity_on_the_stored_images_by_default(
@@ -724,3 +730,116 @@ def test_cuda_python_hint_follows_the_tensorrt_major(
     with pytest.raises(BackendUnavailableError) as err:
         import_cudart()
     assert f"pip install {wanted}" in str(err.value)
+
+
+# ------------------------------------------------------------------ int8 / fp16 artifacts
+
+def _add_precision_files(root: Path, precisions: tuple[str, ...] = ("int8", "fp16")) -> None:
+    """Give every subnet of a fixture export real model.int8.onnx / model.fp16.onnx files."""
+    from export.manifest import file_entry, update_manifest
+    from export.quantize import convert_fp16, quantize_int8
+
+    m = load_manifest(root)
+    made = {}
+    for sn in m.subnets:
+        src = m.file(sn.onnx)
+        x = np.random.default_rng(0).standard_normal((16, 3, sn.resolution, sn.resolution))
+        if "int8" in precisions:
+            made[(sn.id, "int8")] = quantize_int8(src, src.with_name("model.int8.onnx"),
+                                                  x.astype(np.float32))
+        if "fp16" in precisions:
+            made[(sn.id, "fp16")] = convert_fp16(src, src.with_name("model.fp16.onnx"))
+
+    def mutate(doc: dict) -> None:
+        for sn in doc["subnets"]:
+            sn["precisions"] = {}
+            for p in precisions:
+                key = f"onnx_{p}"
+                sn["files"][key] = file_entry(root, made[(sn["id"], p)])
+                sn["precisions"][p] = {"file": key, "parity": {"passed": True}}
+
+    update_manifest(root, mutate)
+
+
+@pytest.mark.parametrize("major", [10, 11])
+def test_int8_script_builds_the_qdq_onnx_strongly_typed(export_dir: Path, major: int) -> None:
+    import dataclasses
+
+    _add_precision_files(export_dir)
+    prof = dataclasses.replace(load_profile("server-a100"), precision="int8",
+                               tensorrt_major=major)
+    text = trtexec_script(load_manifest(export_dir), prof)
+    assert text.count("--onnx=subnets/") == 4 and text.count("/model.int8.onnx") == 4
+    assert text.count("--stronglyTyped") == 4
+    for flag in ("--int8", "--fp16", "--best", "modelopt"):
+        assert flag not in text, flag
+    assert "--saveEngine=engines/server-a100/w0.25-r12.int8.plan" in text
+
+
+def test_dla_int8_and_fp16_files_build_strongly_typed_with_the_fakes(
+        export_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The AGX Orin DLA profile builds the exported int8 files (TensorRT 10, strongly typed,
+    no precision flag); an fp16 profile uses model.fp16.onnx the same way."""
+    import dataclasses
+
+    from export.tensorrt_build import build_engines
+
+    _add_precision_files(export_dir)
+    built = _fake_tensorrt(monkeypatch)
+    agx = dataclasses.replace(load_profile("jetson-agx-orin"), precision="int8")
+    report = build_engines(export_dir, agx, progress=False)
+    assert built == [("model.int8.onnx", True)] * 4
+    m = load_manifest(export_dir)
+    assert all(sn.engines[-1].precision == "int8" and sn.engines[-1].dla_core == 0
+               for sn in m.subnets)
+    assert report.passed and "--useDLACore=0" in report.script.read_text()
+    built.clear()
+    build_engines(export_dir, "jetson-orin-nano", progress=False)
+    assert built == [("model.fp16.onnx", True)] * 4
+
+
+def test_int8_engines_need_the_qdq_onnx(export_dir: Path) -> None:
+    import dataclasses
+
+    from export.tensorrt_build import build_engines
+
+    prof = dataclasses.replace(load_profile("jetson-agx-orin"), precision="int8")
+    with pytest.raises(ExportUsageError, match="re-export with --precision int8"):
+        build_engines(export_dir, prof, progress=False)
+    assert not (export_dir / "build_engines.sh").exists()
+
+
+def test_builder_flags_for_typed_onnx() -> None:
+    """build_one's network flags: strongly typed for a typed ONNX on 10, FP16 flag only for
+    an fp32 ONNX on 10."""
+    from export.backends.tensorrt import _network
+
+    calls: dict[str, list] = {"flags": [], "set_flag": []}
+
+    class Enum:
+        STRONGLY_TYPED, EXPLICIT_BATCH = 5, 0
+
+    class Net:
+        pass
+
+    class Parser:
+        num_errors = 0
+
+        def __init__(self, network, logger) -> None:
+            pass
+
+        def parse(self, data: bytes) -> bool:
+            return True
+
+    class Builder:
+        def create_network(self, flags: int) -> Net:
+            calls["flags"].append(flags)
+            return Net()
+
+    import types
+
+    trt = types.SimpleNamespace(NetworkDefinitionCreationFlag=Enum, OnnxParser=Parser)
+    onnx_path = Path(__file__)
+    _network(trt, 10, Builder(), None, onnx_path, True)
+    _network(trt, 10, Builder(), None, onnx_path, False)
+    assert calls["flags"] == [1 << 5, 1 << 0]

@@ -29,7 +29,7 @@ from ..errors import BackendUnavailableError, ExportError, ExportUsageError
 from ..manifest import EngineRecord, atomic_write_bytes
 
 if TYPE_CHECKING:
-    from ..manifest import Manifest
+    from ..manifest import FileRecord, Manifest, SubnetEntry
     from ..profiles import DeployProfile
 
 SCRIPT_NAME = "build_engines.sh"
@@ -383,13 +383,25 @@ def timing_cache_relpath(profile: DeployProfile) -> str:
     return f"{engine_dir(profile)}/timing.cache"
 
 
+def typed_onnx(profile: DeployProfile, sn: SubnetEntry) -> FileRecord | None:
+    """The exported ONNX that carries the profile's precision itself (``model.int8.onnx``
+    with Q/DQ, ``model.fp16.onnx``), built strongly typed on TensorRT 10 and 11; None for
+    fp32, or fp16 from an export without one (then 10 uses BuilderFlag.FP16 and 11 converts
+    first). INT8 without the Q/DQ ONNX is a usage error."""
+    if profile.precision == "fp32":
+        return None
+    rec = sn.onnx_for(profile.precision)
+    if rec is None and profile.precision == "int8":
+        raise ExportUsageError(f"int8 engines need the Q/DQ ONNX of every subnet, and {sn.id} "
+                               "has none (model.int8.onnx); re-export with --precision int8")
+    return rec
+
+
 def check_buildable(profile: DeployProfile, subnets: int = 0) -> None:
-    """ExportUsageError for what neither builder nor trtexec script may do: INT8 (no Q/DQ
-    export exists), a DLA core with a dynamic batch (the DLA runs static shapes only), and
-    more than :data:`DLA_MAX_LOADABLES` subnets on one DLA core (the runtime preloads all)."""
-    if profile.precision == "int8":
-        raise ExportUsageError("int8 engines need an ONNX with Q/DQ nodes, which this export "
-                               "does not produce; use precision fp16 or fp32")
+    """ExportUsageError for what neither builder nor trtexec script may do: a DLA core with a
+    dynamic batch (the DLA runs static shapes only), and more than
+    :data:`DLA_MAX_LOADABLES` subnets on one DLA core (the runtime preloads all). INT8 needs
+    the Q/DQ ONNX of each subnet (:func:`typed_onnx`)."""
     if profile.dla_core is None:
         return
     if not profile.min_batch == profile.opt_batch == profile.max_batch:
@@ -427,9 +439,9 @@ def _script_header(profile: DeployProfile, major: int) -> list[str]:
 
 
 def _trtexec_lines(profile: DeployProfile, major: int, sid: str, r: int, name: str,
-                   onnx_rel: str, cache: str) -> list[str]:
+                   onnx_rel: str, cache: str, typed: bool = False) -> list[str]:
     lines = []
-    if major >= 11 and profile.precision == "fp16":
+    if major >= 11 and profile.precision == "fp16" and not typed:
         fp16 = fp16_onnx_relpath(profile, sid)
         lines.append(f"# {sid}: TensorRT 11 is strongly typed: convert the ONNX to FP16 first")
         lines.append(f"python3 -m modelopt.onnx.autocast --onnx_path {shlex.quote(onnx_rel)} "
@@ -440,7 +452,7 @@ def _trtexec_lines(profile: DeployProfile, major: int, sid: str, r: int, name: s
             f"--minShapes={_shape(name, profile.min_batch, r)}",
             f"--optShapes={_shape(name, profile.opt_batch, r)}",
             f"--maxShapes={_shape(name, profile.max_batch, r)}"]
-    if major >= 11:
+    if major >= 11 or typed:   # precision from the ONNX itself (Q/DQ, fp16 tensors)
         args.append("--stronglyTyped")
     elif profile.precision == "fp16":
         args.append("--fp16")
@@ -462,8 +474,9 @@ def trtexec_script(manifest: Manifest, profile: DeployProfile,
     cache = timing_cache or timing_cache_relpath(profile)
     lines = _script_header(profile, major)
     for sn in manifest.subnets:
+        typed = typed_onnx(profile, sn)
         lines += _trtexec_lines(profile, major, sn.id, sn.resolution, sn.input.name,
-                                sn.onnx.path, cache)
+                                (typed or sn.onnx).path, cache, typed is not None)
     return "\n".join(lines)
 
 
@@ -476,28 +489,18 @@ def write_build_script(manifest: Manifest, profile: DeployProfile,
 
 
 def convert_onnx_fp16(src: Path, dst: Path) -> Path:
-    """FP16 copy of an FP32 ONNX with FP32 inputs/outputs (ModelOpt AutoCast, else
-    onnxconverter-common); BackendUnavailableError with an install hint when neither exists."""
-    import onnx
+    """FP16 copy of an FP32 ONNX with FP32 inputs/outputs: the one converter,
+    :func:`export.quantize.convert_fp16` (for exports made without ``model.fp16.onnx``)."""
+    from ..quantize import convert_fp16
 
-    try:
-        autocast = importlib.import_module("modelopt.onnx.autocast")
-        model = autocast.convert_to_mixed_precision(onnx_path=str(src), low_precision_type="fp16",
-                                                    keep_io_types=True)
-    except ImportError:
-        try:
-            float16 = importlib.import_module("onnxconverter_common.float16")
-        except ImportError as e:
-            raise BackendUnavailableError(FP16_HINT) from e
-        model = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
-    atomic_write_bytes(dst, model.SerializeToString())
-    return dst
+    return convert_fp16(src, dst)
 
 
-def _network(trt: Any, major: int, builder: Any, logger: Any, onnx_path: Path) -> Any:
+def _network(trt: Any, major: int, builder: Any, logger: Any, onnx_path: Path,
+             typed: bool = False) -> Any:
     flag_enum = trt.NetworkDefinitionCreationFlag
     flags = 0
-    if major >= 11:
+    if major >= 11 or typed:
         if hasattr(flag_enum, "STRONGLY_TYPED"):
             flags |= 1 << int(flag_enum.STRONGLY_TYPED)
     elif hasattr(flag_enum, "EXPLICIT_BATCH"):   # deprecated no-op on 10, gone in 11
@@ -511,10 +514,10 @@ def _network(trt: Any, major: int, builder: Any, logger: Any, onnx_path: Path) -
 
 
 def _config(trt: Any, major: int, builder: Any, profile: DeployProfile, cache_bytes: bytes,
-            input_name: str, resolution: int) -> Any:
+            input_name: str, resolution: int, typed: bool = False) -> Any:
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, profile.workspace_mb << 20)
-    if profile.precision == "fp16" and major < 11:
+    if profile.precision == "fp16" and major < 11 and not typed:
         config.set_flag(trt.BuilderFlag.FP16)
     if hasattr(trt, "ProfilingVerbosity"):   # layer datatypes for the engine inspector
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
@@ -548,14 +551,17 @@ def _save_timing_cache(config: Any, cache_path: Path) -> bool:
 
 
 def build_one(trt: Any, major: int, onnx_path: Path, engine_path: Path, cache_path: Path,
-              profile: DeployProfile, input_name: str, resolution: int) -> None:
-    """Build one engine from ``onnx_path`` into ``engine_path``, sharing ``cache_path``."""
+              profile: DeployProfile, input_name: str, resolution: int,
+              typed: bool = False) -> None:
+    """Build one engine from ``onnx_path`` into ``engine_path``, sharing ``cache_path``;
+    ``typed``: the ONNX carries its precision (Q/DQ or fp16), built strongly typed and
+    without precision flags on TensorRT 10 as on 11."""
     check_buildable(profile)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network, _parser = _network(trt, major, builder, logger, onnx_path)
+    network, _parser = _network(trt, major, builder, logger, onnx_path, typed)
     cache_bytes = cache_path.read_bytes() if cache_path.is_file() else b""
-    config = _config(trt, major, builder, profile, cache_bytes, input_name, resolution)
+    config = _config(trt, major, builder, profile, cache_bytes, input_name, resolution, typed)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ExportError(f"TensorRT failed to build an engine from {onnx_path}; rerun with "

@@ -36,8 +36,7 @@ BUDGET = click.option("--budget-mmacs", "--budget-mflops", "budget_mmacs", type=
 STRICT = click.option("--strict", is_flag=True,
                       help="Refuse (exit 1) a budget below the smallest subnet instead of "
                            "falling back to it with a note.")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
-                  ".pgm")
+from export.preprocess import IMAGE_SUFFIXES  # noqa: E402 - one list of image suffixes
 
 
 def _default_threads() -> int:
@@ -151,11 +150,13 @@ def _batch_sizes(text: str | None) -> list[int] | None:
               help="Seconds of timed runs per subnet and batch size (after a 200 ms warm-up).")
 @click.option("--batch", "batches", default=None,
               help="Comma list of batch sizes [default: the profile's min,opt,max].")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32",
+              show_default=True, help="Which artifact of each subnet to measure.")
 @THREADS
 @PROGRESS
 @ON_STALE
 def profile_cmd(export_dir: Path, backend: str, device: str | None, duration: float,
-                batches: str | None, threads: int | None, progress: bool,
+                batches: str | None, precision: str, threads: int | None, progress: bool,
                 on_stale: str) -> None:
     """Measure every subnet trtexec-style and write p50/p90/p99 into the manifest."""
     from export.latency import profile_manifest
@@ -166,7 +167,8 @@ def profile_cmd(export_dir: Path, backend: str, device: str | None, duration: fl
         backend = resolve_backend(export_dir, backend, device, on_stale)
         results = profile_manifest(export_dir, backend=backend, device=device,
                                    duration_s=duration, batches=sizes,
-                                   threads=threads or _default_threads(), progress=progress)
+                                   threads=threads or _default_threads(), progress=progress,
+                                   precision=precision)
     click.echo(f"{'subnet':<14} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
                f"{'img/s':>10} {'runs':>7}")
     for r in results:

@@ -41,13 +41,24 @@ from ._params import FLOATS, RESOLUTIONS, progress_option, threads_option
 @click.option("--engines", is_flag=True,
               help="Then build TensorRT engines as `mutualnet build-engines OUT --profile "
                    "PROFILE` does (needs a TensorRT profile; writes build_engines.sh first).")
+@click.option("--precision", "precision", default=None, metavar="fp32,fp16,int8",
+              help="Artifacts per subnet: comma list of fp32, fp16, int8 [default: the "
+                   "profile's precisions]; fp32 is always written (the reference). Named "
+                   "here, a precision that fails its gate makes the export exit 1.")
+@click.option("--int8-calib-images", type=click.IntRange(min=1), default=256,
+              show_default=True, help="Images per subnet for int8 calibration, at its "
+                                      "resolution, after its BN calibration.")
+@click.option("--calib-data", type=click.Path(path_type=Path), default=None, metavar="FOLDER",
+              help="A folder of images (no labels needed) to calibrate int8 on instead of "
+                   "the training images.")
 @click.option("--force", is_flag=True, help="Replace a non-empty output directory.")
 @progress_option
 def export_cmd(checkpoint: Path, widths: list[float] | None, resolutions: list[int] | None,
                pairs: str | None, profile: str | None, out: Path | None,
                calib_images: int | None, eval_images: int, batch_size: int, data: str | None,
-               device: str, exporter: str, threads: int | None, engines: bool, force: bool,
-               progress: bool) -> None:
+               device: str, exporter: str, threads: int | None, engines: bool,
+               precision: str | None, int8_calib_images: int, calib_data: Path | None,
+               force: bool, progress: bool) -> None:
     """Export subnets of CHECKPOINT (a run directory or its .safetensors) for deployment.
 
     For each (width, resolution): BN calibration, a plain sliced model with BN folded
@@ -79,7 +90,8 @@ def export_cmd(checkpoint: Path, widths: list[float] | None, resolutions: list[i
         pairs=parse_pairs(pairs) if pairs else None,
         profile=profile, calib_images=calib_images, eval_images=eval_images,
         batch_size=batch_size, data=data, force=force, exporter=exporter, device=device,
-        progress=progress,
+        progress=progress, precisions=precision, int8_calib_images=int8_calib_images,
+        calib_data=str(calib_data) if calib_data else None,
     )
     report = export_checkpoint(checkpoint, out, options)
     for note in report.notes:
@@ -93,6 +105,12 @@ def export_cmd(checkpoint: Path, widths: list[float] | None, resolutions: list[i
         raise ParityError(f"{len(report.failed)} of {len(report.subnets)} subnets failed parity "
                           f"({', '.join(report.failed)}); their files are kept in "
                           f"{report.out_dir} and marked parity_failed in manifest.json{skipped}")
+    if report.precision_failures:
+        left_out = "; ".join(report.precision_failures)
+        if report.precisions_explicit:
+            raise ParityError(f"left out of the manifest: {left_out}; loosen the profile's "
+                              "gate or drop that precision from --precision")
+        click.echo(f"note: left out of the manifest: {left_out}", err=True)
     if engines:
         from .deploy import build_and_report
 
