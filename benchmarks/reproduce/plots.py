@@ -23,13 +23,15 @@ def plot_study(loaded: Loaded, path: Path, *, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.8), dpi=120)
-    for z, (group, per_seed) in enumerate(reversed(list(loaded.per_group.items()))):
-        _plot_group(ax, group, per_seed, 2 * z + 1)
+    groups = list(loaded.per_group.items())
+    for i, (group, per_seed) in enumerate(groups):  # MutualNet first in the legend, on top
+        _plot_group(ax, group, per_seed, 2 * (len(groups) - i) + 1)
     absent = [g for g, v in loaded.per_group.items() if not v]
     if absent:
         ax.text(0.02, 0.97, "missing: " + ", ".join(absent), transform=ax.transAxes,
                 va="top", fontsize=8, color="0.3")
     ax.set_xscale("log")
+    _plain_log_ticks(ax)
     ax.set_xlabel("MACs per image (millions), log scale")
     ax.set_ylabel("top-1 accuracy (%), BN calibrated")
     ax.set_title(title, fontsize=9)
@@ -57,3 +59,12 @@ def _plot_group(ax: Any, group: str, per_seed: Any, z: int) -> None:
                 yerr=[lo, hi] if n > 1 else None, fmt="-" + marker, color=color,
                 markersize=5, capsize=2, zorder=z + 1,
                 label=f"{group} ({n} seed{'s' * (n > 1)})")
+
+
+def _plain_log_ticks(ax: Any) -> None:
+    """Label the log axis 0.2, 0.5, 1, 2, ... instead of 2x10^-1."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
