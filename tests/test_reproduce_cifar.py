@@ -203,3 +203,26 @@ def test_old_script_is_a_shim():
     import benchmarks.reproduce_cifar as shim
 
     assert shim.main is main
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run(tmp_path):
+    """benchmarks/gpu_check.sh --dry-run: every step on the CPU at toy size (about 2 minutes
+    on 2 quiet cores, 5 under load 8), figures into OUT/BENCHMARKS.md, not the repo's."""
+    import subprocess
+
+    from mutualnet.data import BUNDLED_NPZ
+
+    before = (ROOT / "BENCHMARKS.md").read_text()
+    out = tmp_path / "g"
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run",
+                           "--data", str(BUNDLED_NPZ), "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    bench = (out / "BENCHMARKS.md").read_text()
+    for key in ("gpu_check_tests", "step_vs_torchvision_dry", "cifar_study_gpu"):
+        assert f"<!-- begin: {key} -->" in bench, key
+    assert "MAC-throughput ratio" in bench and "MutualNet beats US-Net" in bench
+    assert len(list((out / "results" / "cifar_study_gpu").glob("*-s0.json"))) == 5
+    assert (out / "cifar_study_gpu.png").read_bytes().startswith(PNG_MAGIC)
+    assert (ROOT / "BENCHMARKS.md").read_text() == before

@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "(default OUT/SCALE/report)")
     rep.add_argument("--publish", action="store_true", help="also write docs/, BENCHMARKS.md "
                      "and (cpu scale) the README")
+    rep.add_argument("--docs", type=Path, help="where --publish puts the PNG (default docs/)")
     rep.add_argument("--benchmarks", type=Path, help="BENCHMARKS.md to write (default the "
                      "repository's)")
     pr = sub.add_parser("probe", help="time N training steps per method, project run times")
@@ -123,7 +124,8 @@ def cmd_report(args: argparse.Namespace, scale: Scale, paths: Paths, command: st
     print("\n".join(claims(loaded)))
     print(f"wrote {written.md} and {written.png}")
     if args.publish:
-        png = publish(loaded, command, benchmarks=args.benchmarks)
+        png = publish(loaded, command, benchmarks=args.benchmarks,
+                      **({"docs": args.docs} if args.docs else {}))
         print(f"published {png}, BENCHMARKS.md" + (", README.md" if scale.name == "cpu" else ""))
     return 0
 
