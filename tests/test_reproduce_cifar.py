@@ -68,6 +68,7 @@ def test_scale_models_build(name, macs, tmp_path):
 
 def test_scale_replace_and_set_reject_bad_keys():
     assert SMOKE.replace(epochs=2).epochs == 2
+    assert SMOKE.replace(seeds=3).seeds == (3,)  # --set seeds=3
     with pytest.raises(UsageError, match="unknown scale key 'epoch'"):
         SMOKE.replace(epoch=2)
     with pytest.raises(UsageError, match="epochs must be at least 1"):
@@ -203,6 +204,14 @@ def test_old_script_is_a_shim():
     import benchmarks.reproduce_cifar as shim
 
     assert shim.main is main
+
+
+@pytest.mark.gpu
+def test_smoke_run_on_gpu(tmp_path):
+    """One smoke run trained and evaluated on CUDA (bf16, channels_last by default there)."""
+    assert main(_argv(tmp_path, "run", "mutual-s0", "--device", "cuda", "--quiet")) == 0
+    doc = json.loads((tmp_path / "o" / "smoke" / "results" / "mutual-s0.json").read_text())
+    assert len(doc["points"]) == 8 and doc["steps"] == 3
 
 
 @pytest.mark.slow

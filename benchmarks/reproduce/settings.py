@@ -103,7 +103,10 @@ class Scale:
         bad = sorted(set(changes) - known)
         if bad:
             raise UsageError(f"unknown scale key {bad[0]!r}; known: {', '.join(sorted(known))}")
-        return dataclasses.replace(self, **changes)
+        tuples = {f.name for f in dataclasses.fields(self) if isinstance(f.default, tuple)}
+        fixed: dict[str, Any] = {k: (v,) if k in tuples and not isinstance(v, tuple) else v
+                 for k, v in changes.items()}
+        return dataclasses.replace(self, **fixed)
 
     def fairness(self) -> dict[str, Any]:
         """The settings that must match for two results to be compared (seeds excluded)."""
