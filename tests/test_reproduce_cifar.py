@@ -235,3 +235,20 @@ def test_gpu_check_dry_run(tmp_path):
     assert len(list((out / "results" / "cifar_study_gpu").glob("*-s0.json"))) == 5
     assert (out / "cifar_study_gpu.png").read_bytes().startswith(PNG_MAGIC)
     assert (ROOT / "BENCHMARKS.md").read_text() == before
+
+
+def test_a_stopped_run_resumes_from_its_last_epoch(tmp_path, capsys):
+    """A session ended after epoch 1 of 2: the same command continues at epoch 2."""
+    from mutualnet.train import train
+
+    scale = SMOKE.replace(epochs=2)
+    spec = settings.find_run(scale, "independent-w0.25-s0")
+    paths = runs.Paths.default(scale, tmp_path / "o")
+    run_dir = paths.run_dir(scale, spec)
+    config = settings.run_config(spec, scale, run_dir, None, "cpu")
+    train(config, run_dir, stop_after_epochs=1, progress=False)
+    assert runs.run_status(spec, scale, paths).detail.startswith("resumes at epoch 1/2")
+    assert main(_argv(tmp_path, "--set", "epochs=2", "run", spec.key, "--quiet")) == 0
+    doc = json.loads(paths.result_file(spec).read_text())
+    assert doc["epochs"] == 2 and doc["steps"] == 6
+    assert [s["resumed_at_epoch"] for s in doc["sessions"]] == [1]
