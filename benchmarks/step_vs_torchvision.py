@@ -134,7 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models.split(","):
         _check_same_architecture(name)
         res = tuple(int(v) for v in args.resolutions.split(",")) if args.resolutions else None
-        r = measure(name, args.batch, args.steps, args.rounds, args.device, amp, cl, res)
+        try:
+            r = measure(name, args.batch, args.steps, args.rounds, args.device, amp, cl, res)
+        except RuntimeError as e:  # e.g. out of memory: keep the other models' rows
+            rows.append([name, args.batch, f"failed: {str(e).splitlines()[0][:80]}",
+                         *["not measured"] * 6])
+            continue
         rows.append([name, args.batch, f"{r['plain_ms']:.1f}", f"{r['mutual_ms']:.1f}",
                      f"{r['mac_ratio']:.2f}", f"{r['plain_gmacs']:.0f}",
                      f"{r['mutual_gmacs']:.0f}", f"{r['throughput_ratio']:.2f}",

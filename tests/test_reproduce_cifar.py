@@ -216,8 +216,8 @@ def test_smoke_run_on_gpu(tmp_path):
 
 @pytest.mark.slow
 def test_gpu_check_dry_run(tmp_path):
-    """benchmarks/gpu_check.sh --dry-run: every step on the CPU at toy size (about 2 minutes
-    on 2 quiet cores, 5 under load 8), figures into OUT/BENCHMARKS.md, not the repo's."""
+    """benchmarks/gpu_check.sh --dry-run: every step on the CPU at toy size (188 s at load
+    6.5 on 2 cores), figures into OUT/BENCHMARKS.md, not the repo's."""
     import subprocess
 
     from mutualnet.data import BUNDLED_NPZ
