@@ -252,3 +252,20 @@ def test_a_stopped_run_resumes_from_its_last_epoch(tmp_path, capsys):
     doc = json.loads(paths.result_file(spec).read_text())
     assert doc["epochs"] == 2 and doc["steps"] == 6
     assert [s["resumed_at_epoch"] for s in doc["sessions"]] == [1]
+
+
+def test_publish_writes_png_benchmarks_and_readme_sections(tmp_path):
+    scale = settings.SCALES["cpu"]
+    paths = runs.Paths(tmp_path, tmp_path / "res")
+    _write_study(paths, scale, {"MutualNet": 2.0, "US-Net": 1.0, "Independent": 0.0}, 0.1)
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- begin: cifar_study -->\nPLACEHOLDER\n<!-- end: cifar_study -->\n\nend\n")
+    bench = tmp_path / "B.md"
+    png = report.publish(study.load_study(scale, paths), "python -m benchmarks.reproduce "
+                         "report --publish", benchmarks=bench, docs=tmp_path, readme=readme)
+    assert png == tmp_path / "cifar_study.png" and png.read_bytes().startswith(PNG_MAGIC)
+    text = readme.read_text()
+    assert "PLACEHOLDER" not in text and text.endswith("end\n") and "All planned runs are in." in text
+    assert "MutualNet beats US-Net at every MACs budget: holds" in text
+    assert "<!-- begin: cifar_study -->" in bench.read_text() and "| mutual-s0 | 1.0" in (
+        bench.read_text())
