@@ -56,16 +56,23 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     return "\n".join(out)
 
 
-def write_section(key: str, title: str, body: str, command: str) -> None:
-    """Replace (or append) the section ``key`` of BENCHMARKS.md and print it."""
+def write_section(key: str, title: str, body: str, command: str,
+                  path: Path | None = None) -> None:
+    """Replace (or append) the section ``key`` of BENCHMARKS.md (or ``path``) and print it."""
     section = (f"<!-- begin: {key} -->\n## {title}\n\n"
                f"Measured {machine_line()}.\nCommand: `{command}`\n\n{body.strip()}\n"
                f"<!-- end: {key} -->")
     print(section)
-    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else (
+    put_section(path or BENCHMARKS_MD, key, section, default=(
         "# Benchmarks\n\nEach section is written by the script named in it; ratios are "
         "measured side by side in one run. GPU figures: not measured unless a section "
-        "says otherwise.\n")
+        "says otherwise.\n"))
+
+
+def put_section(path: Path, key: str, section: str, *, default: str = "") -> None:
+    """Replace the text between ``<!-- begin: KEY -->`` and ``<!-- end: KEY -->`` of
+    ``path`` with ``section`` (which carries the markers), or append it; atomic."""
+    text = path.read_text() if path.exists() else default
     begin, end = f"<!-- begin: {key} -->", f"<!-- end: {key} -->"
     if begin in text and end in text:
         head, rest = text.split(begin, 1)
@@ -73,6 +80,6 @@ def write_section(key: str, title: str, body: str, command: str) -> None:
         text = head + section + tail
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
-    tmp = BENCHMARKS_MD.with_suffix(".md.tmp")
+    tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
-    tmp.replace(BENCHMARKS_MD)
+    tmp.replace(path)
