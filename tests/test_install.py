@@ -31,7 +31,8 @@ def _extra(name: str, seen: frozenset[str] = frozenset()) -> set[str]:
 
 
 def test_every_python_module_build_engines_sh_calls_has_an_extra() -> None:
-    source = (ROOT / "export" / "tensorrt_build.py").read_text()
+    source = "".join((ROOT / "export" / name).read_text()
+                     for name in ("tensorrt_build.py", "backends/tensorrt.py"))
     called = set(re.findall(r"python3? -m ([A-Za-z_][\w]*)", source))
     assert called, "the script generator no longer calls python -m: update this test"
     for module in called:
