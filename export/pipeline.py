@@ -377,7 +377,9 @@ def _export_locked(checkpoint: Path, out: Path, options: ExportOptions,
     notes += [n for n in (ctx.source.note(),) if n]
     if folder is not None:
         ctx.quant_images, ctx.quant_source = folder, f"folder {Path(options.calib_data or '')}"
-    classes = list(ckpt.classes or ctx.classes)
+    # no names in the checkpoint nor labels in the data: number them, as `run` prints them
+    classes = list(ckpt.classes or ctx.classes) or [
+        f"class {i}" for i in range(model_num_classes(model))]
     ctx.identity.update(model=config.model, classes=classes, checkpoint_sha256=ckpt.sha256,
                         preprocessing=preprocessing(ctx.data_spec))
     with _staging(out) as tmp:
