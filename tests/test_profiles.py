@@ -213,3 +213,15 @@ def test_override_gates_replaces_one_gate_and_checks_it() -> None:
                 "int8_min_top1_agreement=2"):
         with pytest.raises(ProfileError):
             override_gates(base, [bad])
+
+
+def test_export_gate_option_bad_key_is_a_usage_error(tiny_checkpoint, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from mutualnet.cli import cli
+
+    result = CliRunner().invoke(cli, ["export", str(tiny_checkpoint), "--out",
+                                      str(tmp_path / "e"), "--gate", "int8_min_agree=0.8"])
+    assert result.exit_code == 2
+    assert "int8_min_top1_agreement" in result.output
+    assert not (tmp_path / "e" / "manifest.json").exists()
