@@ -65,7 +65,7 @@ from .precisions import (
     read_calibration_images,
 )
 from .preprocess import preprocess_images
-from .profiles import DeployProfile, load_profile
+from .profiles import DeployProfile, load_profile, override_gates
 
 PARITY_MD = "parity.md"
 PARITY_JSON = "parity.json"
@@ -100,6 +100,8 @@ class ExportOptions:
     precisions: str | tuple[str, ...] | None = None  # "fp32,fp16,int8"; None: the profile's
     int8_calib_images: int = DEFAULT_CALIB_IMAGES  # per subnet, at its resolution
     calib_data: str | None = None  # a folder of (unlabelled) int8 calibration images
+    int8_method: str = "minmax"  # activation ranges: minmax, percentile, entropy
+    gates: tuple[str, ...] = ()  # "KEY=VALUE" overrides of the profile's parity gates
 
 
 @dataclass(frozen=True)
@@ -357,7 +359,7 @@ def _export_locked(checkpoint: Path, out: Path, options: ExportOptions,
     from mutualnet.checkpoint import load_checkpoint
     from mutualnet.data import preprocessing
 
-    profile = load_profile(options.profile)
+    profile = override_gates(load_profile(options.profile), options.gates)
     precisions, explicit = parse_precisions(options.precisions, profile)
     folder = read_calibration_images(options.calib_data, options.int8_calib_images) \
         if "int8" in precisions else None
@@ -519,7 +521,8 @@ def _export_one(ctx: _Context, tmp: Path, width: float, resolution: int) -> Subn
         calib = [preprocess_images(ctx.quant_images, preprocessing(ctx.data_spec), resolution)]
     precs = build_precisions(onnx_info.path, ctx.precisions, batches, labels, ctx.profile,
                              calibration=calib, calib_source=ctx.quant_source,
-                             calib_images=opts.int8_calib_images) \
+                             calib_images=opts.int8_calib_images,
+                             int8_method=opts.int8_method) \
         if len(ctx.precisions) > 1 and all(p.passed for p in parity.values()) else {}
     extra, record = precision_records(precs, parity.get("onnxruntime"), tmp)
     t["precisions"], clock = _lap(clock)

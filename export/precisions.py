@@ -137,10 +137,11 @@ def _calibration_batches(calib: Sequence[np.ndarray], limit: int) -> list[np.nda
 def build_precisions(onnx_path: Path, precisions: Sequence[str], batches: Sequence[np.ndarray],
                      labels: np.ndarray | None, profile: DeployProfile, *,
                      calibration: Sequence[np.ndarray] = (), calib_source: str = "train",
-                     calib_images: int = DEFAULT_CALIB_IMAGES) -> dict[str, PrecisionResult]:
+                     calib_images: int = DEFAULT_CALIB_IMAGES,
+                     int8_method: str = "minmax") -> dict[str, PrecisionResult]:
     """Build, run and gate every precision but fp32 of one subnet (``onnx_path`` is its fp32
     ONNX; ``batches`` its held-out inputs, ``calibration`` its calibration inputs, both
-    float32 NCHW at its resolution)."""
+    float32 NCHW at its resolution; ``int8_method`` the activation range method)."""
     from .quantize import FP16_CONVERTER, INT8_QUANTIZER, convert_fp16, quantize_int8
 
     fp32 = make_runner("onnxruntime", onnx_path)
@@ -158,11 +159,11 @@ def build_precisions(onnx_path: Path, precisions: Sequence[str], batches: Sequen
             tool = FP16_CONVERTER
         else:
             used = _calibration_batches(calibration, calib_images)
-            quantize_int8(onnx_path, dst, used)
+            quantize_int8(onnx_path, dst, used, method=int8_method)
             tool = INT8_QUANTIZER
             cal = {"images": int(sum(len(b) for b in used)), "per_subnet": True,
                    "resolution": int(batches[0].shape[-1]), "source": calib_source,
-                   "method": "minmax", "scheme": "symmetric; weights per channel"}
+                   "method": int8_method, "scheme": "symmetric; weights per channel"}
         results[precision] = _gate(precision, dst, reference, batches, labels, profile,
                                    time.perf_counter() - t0, tool, cal)
     return results

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from importlib import resources
 from pathlib import Path
@@ -43,8 +44,13 @@ KNOWN_PROVIDERS = (
     "ArmNNExecutionProvider", "WebGpuExecutionProvider", "NvTensorRTRTXExecutionProvider",
 )
 
-__all__ = ["DEFAULT_PROFILE", "DeployProfile", "list_profiles", "load_profile",
-           "profile_from_dict", "profiles_dir"]
+__all__ = ["DEFAULT_PROFILE", "GATE_KEYS", "DeployProfile", "list_profiles", "load_profile",
+           "override_gates", "profile_from_dict", "profiles_dir"]
+
+#: the parity-gate keys ``export --gate KEY=VALUE`` may override
+GATE_KEYS = ("fp32_max_abs_diff", "min_top1_agreement", "max_accuracy_drop_pt",
+             "fp16_min_top1_agreement", "fp16_max_accuracy_drop_pt",
+             "int8_min_top1_agreement", "int8_max_accuracy_drop_pt")
 
 
 @dataclass(frozen=True)
@@ -302,3 +308,23 @@ def load_profile(name_or_path: str | os.PathLike[str] | None) -> DeployProfile:
             raise ProfileError(f"unknown deploy profile {s!r}; shipped profiles: "
                                f"{', '.join(list_profiles())} (or pass a .yml path)")
     return profile_from_dict(_read_yaml(path), source=str(path), default_name=path.stem)
+
+
+def override_gates(profile: DeployProfile, items: Sequence[str]) -> DeployProfile:
+    """``profile`` with parity gates replaced by ``KEY=VALUE`` items (``--gate``), e.g.
+    ``int8_min_top1_agreement=0.875`` for 7 of 8 images; values checked as in a file."""
+    if not items:
+        return profile
+    data = profile.to_dict()
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in GATE_KEYS:
+            raise ProfileError(f"--gate {item!r}: give KEY=VALUE with KEY one of "
+                               f"{', '.join(GATE_KEYS)}, e.g. int8_min_top1_agreement=0.875")
+        try:
+            data[key] = float(value)
+        except ValueError:
+            raise ProfileError(f"--gate {item!r}: {value!r} is not a number; e.g. "
+                               f"{key}=0.9") from None
+    return profile_from_dict(data, source=f"{profile.name} with --gate")

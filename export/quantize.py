@@ -34,11 +34,13 @@ from .errors import BackendUnavailableError, ExportError, ExportUsageError
 
 FP16_CONVERTER = "onnxconverter-common"
 INT8_QUANTIZER = "onnxruntime.quantize_static (QDQ)"
+#: activation range methods of quantize_static (``--int8-method``); minmax is the default
+INT8_METHODS = ("minmax", "percentile", "entropy")
 QUANTIZED_OPS = ("Conv", "Gemm")   # the linear ops TensorRT runs in int8 from Q/DQ inputs
 FP16_HINT = ("fp16 ONNX conversion needs onnxconverter-common: `pip install "
              "onnxconverter-common` (or `pip install mutualnet[quant]`)")
 
-__all__ = ["FP16_CONVERTER", "INT8_QUANTIZER", "QUANTIZED_OPS", "QdqReport", "convert_fp16",
+__all__ = ["FP16_CONVERTER", "INT8_METHODS", "INT8_QUANTIZER", "QUANTIZED_OPS", "QdqReport", "convert_fp16",
            "qdq_report", "quantize_int8"]
 
 
@@ -86,10 +88,11 @@ def _split(images: np.ndarray | Sequence[np.ndarray], batch: int) -> list[np.nda
 
 def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str],
                   calibration: np.ndarray | Sequence[np.ndarray], *,
-                  batch: int = 64) -> Path:
+                  batch: int = 64, method: str = "minmax") -> Path:
     """Write the Q/DQ int8 graph of the fp32 ONNX ``src`` to ``dst``, with activation ranges
     from ``calibration`` (float32 NCHW at the subnet's resolution, preprocessed as the
-    subnet expects; an array or a list of batches)."""
+    subnet expects; an array or a list of batches) by ``method`` (:data:`INT8_METHODS`:
+    minmax, or ONNX Runtime's histogram methods percentile (99.999 %) and entropy)."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -98,6 +101,9 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str],
         quantize_static,
     )
 
+    if method not in INT8_METHODS:
+        raise ExportUsageError(f"unknown int8 calibration method {method!r}; use one of "
+                               f"{', '.join(INT8_METHODS)}")
     batches = [b for b in _split(calibration, batch) if len(b)]
     if not batches:
         raise ExportUsageError("int8 calibration needs at least one image; give calibration "
@@ -115,12 +121,17 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str],
             quantize_static(str(src), str(out), reader, quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax, extra_options=options)
+                            calibrate_method=_METHODS[method](CalibrationMethod),
+                            extra_options=options)
         except Exception as e:  # noqa: BLE001 - ORT raises many kinds
             raise ExportError(f"int8 quantization of {src} failed: {str(e).splitlines()[0]}; "
                               "export without int8 or report the model") from None
         quantized = onnx.load(str(out))
     return _write_model(quantized, Path(dst))
+
+
+_METHODS = {"minmax": lambda c: c.MinMax, "percentile": lambda c: c.Percentile,
+            "entropy": lambda c: c.Entropy}
 
 
 @dataclass(frozen=True)

@@ -199,3 +199,29 @@ def test_dataclass_is_frozen() -> None:
         p.max_batch = 3  # type: ignore[misc]
     assert isinstance(p, DeployProfile)
     assert p.batch_sizes == (1, 8)
+
+
+def test_override_gates_replaces_one_gate_and_checks_it() -> None:
+    from export.profiles import load_profile, override_gates
+
+    base = load_profile("cpu")
+    loose = override_gates(base, ["int8_min_top1_agreement=0.875"])
+    assert loose.int8_min_top1_agreement == 0.875
+    assert loose.fp16_min_top1_agreement == base.fp16_min_top1_agreement
+    assert override_gates(base, []) is base
+    for bad in ("int8_min_top1_agreement", "budgets_mflops=1", "int8_min_top1_agreement=x",
+                "int8_min_top1_agreement=2"):
+        with pytest.raises(ProfileError):
+            override_gates(base, [bad])
+
+
+def test_export_gate_option_bad_key_is_a_usage_error(tiny_checkpoint, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from mutualnet.cli import cli
+
+    result = CliRunner().invoke(cli, ["export", str(tiny_checkpoint), "--out",
+                                      str(tmp_path / "e"), "--gate", "int8_min_agree=0.8"])
+    assert result.exit_code == 2
+    assert "int8_min_top1_agreement" in result.output
+    assert not (tmp_path / "e" / "manifest.json").exists()

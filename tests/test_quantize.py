@@ -194,3 +194,12 @@ def test_a_failed_precision_is_left_out_and_fails_the_run_only_when_asked_for(
     assert not (out / "subnets" / sn.id / "model.int8.onnx").exists()
     doc = json.loads((out / "parity.json").read_text())
     assert doc["subnets"][0]["precisions"]["int8"]["failed"].startswith("int8 agreement")
+
+
+def test_int8_histogram_methods_give_qdq_graphs_and_unknown_is_a_usage_error(
+        fp32_onnx: Path, tmp_path: Path) -> None:
+    for method in ("percentile", "entropy"):
+        out = quantize_int8(fp32_onnx, tmp_path / f"{method}.onnx", _inputs(16), method=method)
+        assert qdq_report(out).complete, method
+    with pytest.raises(ExportUsageError, match="minmax, percentile, entropy"):
+        quantize_int8(fp32_onnx, tmp_path / "q.onnx", _inputs(16), method="kl")

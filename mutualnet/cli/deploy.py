@@ -278,12 +278,15 @@ def _name(names: Sequence[str], i: int) -> str:
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None,
               help="Refuse images over this many pixels (width x height), checked before "
                    "decoding [default: 50,000,000].")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32",
+              show_default=True, help="Which artifact of each subnet to run (export "
+                                      "--precision writes them).")
 @THREADS
 @ON_STALE
 def run_cmd(export_dir: Path, images: tuple[str, ...], budget_mmacs: float | None,
             latency_ms: float | None, strict: bool, subnet: str | None, labels: Path | None,
             top: int, as_json: bool, backend: str, device: str | None, max_pixels: int | None,
-            threads: int | None, on_stale: str) -> None:
+            precision: str, threads: int | None, on_stale: str) -> None:
     """Classify IMAGES (files, directories of images, globs) with the subnet that fits."""
     from export.errors import ExportUsageError
     from export.runtime import SubnetRuntime
@@ -295,14 +298,14 @@ def run_cmd(export_dir: Path, images: tuple[str, ...], budget_mmacs: float | Non
     pictures = [_read_image(p, max_pixels) for p in paths]
     with _warnings_to_stderr():
         rt = SubnetRuntime.load(export_dir, backend=backend, device=device, on_stale=on_stale,
-                                threads=threads or _default_threads())
+                                threads=threads or _default_threads(), precision=precision)
     with rt:
         if names is not None:
             _check_labels(names, rt.manifest.model.num_classes, labels or Path())
         with _warnings_to_stderr():
             _select(rt, subnet, budget_mmacs, latency_ms, strict)
         info = next(s for s in rt.subnets if s.id == rt.current)
-        click.echo(f"subnet {info.id} ({info.mmacs:.4g} M MACs, {rt.backend} on "
+        click.echo(f"subnet {info.id} ({info.mmacs:.4g} M MACs, {rt.backend} {precision} on "
                    f"{rt.device_name})", err=True)
         with _warnings_to_stderr():
             result = rt.infer(pictures)

@@ -51,6 +51,13 @@ from ._params import FLOATS, RESOLUTIONS, progress_option, threads_option
 @click.option("--calib-data", type=click.Path(path_type=Path), default=None, metavar="FOLDER",
               help="A folder of images (no labels needed) to calibrate int8 on instead of "
                    "the training images.")
+@click.option("--int8-method", type=click.Choice(["minmax", "percentile", "entropy"]),
+              default="minmax", show_default=True,
+              help="How int8 calibration sets activation ranges (ONNX Runtime's MinMax, "
+                   "Percentile 99.999 % or Entropy).")
+@click.option("--gate", "gates", multiple=True, metavar="KEY=VALUE",
+              help="Override one parity gate of the profile, e.g. "
+                   "int8_min_top1_agreement=0.875 for 7 of 8 images (repeatable).")
 @click.option("--force", is_flag=True, help="Replace a non-empty output directory.")
 @progress_option
 def export_cmd(checkpoint: Path, widths: list[float] | None, resolutions: list[int] | None,
@@ -58,7 +65,7 @@ def export_cmd(checkpoint: Path, widths: list[float] | None, resolutions: list[i
                calib_images: int | None, eval_images: int, batch_size: int, data: str | None,
                device: str, exporter: str, threads: int | None, engines: bool,
                precision: str | None, int8_calib_images: int, calib_data: Path | None,
-               force: bool, progress: bool) -> None:
+               int8_method: str, gates: tuple[str, ...], force: bool, progress: bool) -> None:
     """Export subnets of CHECKPOINT (a run directory or its .safetensors) for deployment.
 
     For each (width, resolution): BN calibration, a plain sliced model with BN folded
@@ -91,7 +98,8 @@ def export_cmd(checkpoint: Path, widths: list[float] | None, resolutions: list[i
         profile=profile, calib_images=calib_images, eval_images=eval_images,
         batch_size=batch_size, data=data, force=force, exporter=exporter, device=device,
         progress=progress, precisions=precision, int8_calib_images=int8_calib_images,
-        calib_data=str(calib_data) if calib_data else None,
+        calib_data=str(calib_data) if calib_data else None, int8_method=int8_method,
+        gates=tuple(gates),
     )
     report = export_checkpoint(checkpoint, out, options)
     for note in report.notes:
@@ -108,8 +116,9 @@ def export_cmd(checkpoint: Path, widths: list[float] | None, resolutions: list[i
     if report.precision_failures:
         left_out = "; ".join(report.precision_failures)
         if report.precisions_explicit:
-            raise ParityError(f"left out of the manifest: {left_out}; loosen the profile's "
-                              "gate or drop that precision from --precision")
+            raise ParityError(f"left out of the manifest: {left_out}; loosen the gate "
+                              "(--gate KEY=VALUE or the profile) or drop that precision "
+                              "from --precision")
         click.echo(f"note: left out of the manifest: {left_out}", err=True)
     if engines:
         from .deploy import build_and_report
