@@ -47,11 +47,10 @@ from .manifest import (
     utc_now,
 )
 from .parity_images import ParityImages, model_inputs, read_parity_images, stored_parity_images
+from .precisions import FILE_KEYS as PRECISION_FILE_KEYS  # precision -> its ONNX's files key
 from .preprocess import read_image
+from .profiles import PRECISIONS
 
-#: precision -> the key of its ONNX file in a subnet's manifest ``files``
-PRECISION_FILE_KEYS = {"fp32": "onnx", "fp16": "onnx_fp16", "int8": "onnx_int8"}
-PRECISIONS = tuple(PRECISION_FILE_KEYS)
 VAL_BACKENDS = ("auto", "onnxruntime", "tensorrt")
 VAL_MD, VAL_JSON = "val.md", "val.json"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
