@@ -48,13 +48,11 @@ from .manifest import (
 )
 from .parity_images import ParityImages, model_inputs, read_parity_images, stored_parity_images
 from .precisions import FILE_KEYS as PRECISION_FILE_KEYS  # precision -> its ONNX's files key
-from .preprocess import read_image
+from .preprocess import IMAGE_SUFFIXES, read_image
 from .profiles import PRECISIONS
 
 VAL_BACKENDS = ("auto", "onnxruntime", "tensorrt")
 VAL_MD, VAL_JSON = "val.md", "val.json"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
-                  ".pgm")
 UNLABELLED_HINT = ("val needs labels; to check unlabelled images, export with them: "
                    "`mutualnet export CHECKPOINT --data DIR` compares every artifact with the "
                    "supernet (agreement and logit differences)")
