@@ -122,8 +122,8 @@ SCALES: Mapping[str, Scale] = {
                    grid_widths=(0.25, 1.0), train_images=96, val_images=64,
                    calib_images=32, bundled=True),
     # The CPU study (issue 15): full CIFAR-10, about 10 minutes per MutualNet run on 2
-    # quiet cores (docs/reproduce.md: the probe behind this choice).
-    "cpu": Scale("cpu", "tiny_mobilenet", epochs=1),
+    # quiet cores (6 epochs of 1.4 min; docs/reproduce.md: the probe behind this choice).
+    "cpu": Scale("cpu", "tiny_mobilenet", epochs=6),
     # The GPU study (benchmarks/gpu_check.py): a 25x larger CIFAR net, one seed, shortened
     # to fit its share of the 8-minute device budget.
     "gpu": Scale("gpu", "wrn:depth=16,widen_factor=4", epochs=6, batch_size=256,
