@@ -20,10 +20,11 @@ Two implementations compute it, to float32 precision alike:
   (:data:`CACHE_BYTES`).
 
 Library resizes of uint8 images are not used: they round to whole grey levels, about 1e-2
-after normalization, far over the parity tests' 2e-5. Measured slower than this path on a
-224 px photo at 128 px (benchmarks/runtime_switch.py): OpenCV 5's float ``resize`` +
-``warpAffine`` (the previous path for enlargements), Pillow's float mode, an ONNX Runtime
-graph with Resize (antialias), and one with the same blocked products (Gather, MatMul).
+after normalization, far over the parity tests' 2e-5. On a 224 px photo at 128 px, OpenCV 5's
+float ``resize`` + ``warpAffine`` (the previous path for enlargements) took 1.15x this path
+alone, and the same inside a request (within noise); an ONNX Runtime graph of the same
+blocked products (Gather, MatMul) took 2.5x; Pillow's float mode and an ONNX Runtime Resize
+(antialias) graph were measured slower before.
 
 :func:`read_image` decodes one file to uint8 RGB with a pixel cap checked from the header.
 """
