@@ -350,8 +350,6 @@ def _paired(root: Path, reps: int) -> dict[str, list[float]]:
 
 def overhead_section(reps: int) -> str:
     """``infer`` on a 224 px photo and ``infer_tensor`` vs a raw session.run (markdown)."""
-    from export.preprocess import fast_backend
-
     configs = (("resize 256, crop 224 (MutualNet, ImageNet)", lambda r: {"resize": 256,
                                                                         "crop": 224}),
                ("stretch to r x r (imported TFLite)", lambda r: {"resize": r, "crop": r,
@@ -367,7 +365,7 @@ def overhead_section(reps: int) -> str:
                 rows.append(_overhead_row(f"w{w:.2f}-r{r}", label, t))
                 print(" | ".join(map(str, rows[-1])), flush=True)
     return (f"Per-request overhead of the runtime, batch 1, one thread (ONNX Runtime CPU "
-            f"provider, `threads=1`, and OpenCV's own threads set to 1). MobileNet v1 "
+            f"provider, `threads=1`). MobileNet v1 "
             f"subnets exported by the project (`create_model` -> `slice_subnet` -> "
             f"`export_onnx`, random weights); input: one {PHOTO_PX} x {PHOTO_PX} uint8 "
             "image. Each repetition times the six calls in a rotating order (paired). Times: "
@@ -377,18 +375,16 @@ def overhead_section(reps: int) -> str:
             "of the longer calls are inflated by preemption (a request longer than the "
             "scheduler's slice waits a whole slice more), so the minima are the figure to "
             f"read. Load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the "
-            "end. `infer` uses export.preprocess with the "
-            f"{fast_backend()!r} backend; the numpy columns are the previous numpy "
-            "preprocessing (`preprocess_reference` + `infer_tensor`, what `infer` did "
-            "before). Goal (issue 13): `infer` at most 1.25x raw for 0.25-128, "
-            "`infer_tensor` at most 1.05x. What `infer` adds is the float32 resampling "
-            "itself: parity with the training side (2e-5) rules out resizing uint8 images "
-            "(library uint8 resizes round to whole grey levels, about 1e-2 after "
-            "normalization). The resize-256/crop-224 case (an enlargement, then the "
-            "align-corners step) runs in OpenCV (`resize`, `warpAffine`); the stretch case's "
-            "antialiased downscale runs in the banded numpy path (each axis's composed map "
-            "as two batched BLAS products over strided windows; before: Pillow's float mode, "
-            "one plane at a time).\n\n"
+            "end. `infer` uses export.preprocess (numpy + BLAS); the numpy columns are the "
+            "tap-by-tap numpy reference (`preprocess_reference` + `infer_tensor`). Goal "
+            "(issue 13): `infer` at most 1.25x raw for 0.25-128, `infer_tensor` at most "
+            "1.05x. What `infer` adds is the float32 resampling itself: parity with the "
+            "training side (2e-5) rules out resizing uint8 images (library uint8 resizes "
+            "round to whole grey levels, about 1e-2 after normalization). Both cases run the "
+            "same blocked path: the rows each block of 4 outputs reads (and only the columns "
+            "the crop keeps) gathered from the uint8 image and converted once, one batched "
+            "BLAS product for the rows, a planar copy that scales by the normalization, one "
+            "product per block of 8 output columns for all three channels.\n\n"
             + markdown_table(["subnet", "preprocessing", "raw run", "infer_tensor",
                               "infer", "preprocess alone", "infer, numpy", "numpy "
                               "preprocess alone", "infer_tensor / raw", "infer / raw",

@@ -1,31 +1,30 @@
 """All preprocessing of the device side: decoding image files and the evaluation transform.
 
-Torch-free (numpy, Pillow for decoding, OpenCV when installed). The transform is the one
-the supernet was evaluated with (``mutualnet.data.transforms``): shorter side -> ``resize`` (bilinear
-with antialias; ``resize_mode: stretch``: the whole image to ``resize`` x ``resize``), center
+Torch-free (numpy, Pillow for decoding). The transform is the one the supernet was
+evaluated with (``mutualnet.data.transforms``): shorter side -> ``resize`` (bilinear with
+antialias; ``resize_mode: stretch``: the whole image to ``resize`` x ``resize``), center
 ``crop``, mean/std, then bilinear with ``align_corners=True`` to the subnet's resolution.
 
-Three implementations compute it, to float32 precision alike:
+Two implementations compute it, to float32 precision alike:
 
 - :func:`preprocess_reference`: numpy only. The three resampling steps of an axis are
   composed into one linear map (a few taps per output pixel), applied tap by tap.
-- the banded path (numpy + BLAS, always available): the same composed map of each axis as a
-  block-banded matrix, 8 outputs per block reading a regular strided window of the image
-  (no copy), applied as two batched matrix products (rows of the H x 3W image, then columns
-  per channel), the normalization's scale folded into the column weights; cached per image
-  size. Used for every image whose first resize shrinks (the antialiased downscale), and
-  for all images without OpenCV.
-- the OpenCV path (when ``cv2`` imports and passes its self-check, :func:`fast_backend`)
-  for images whose first resize only enlarges or keeps the size: OpenCV's bilinear resize
-  (then equal to the antialiased one), the align-corners step by ``warpAffine`` with the
-  crop offset folded into its matrix, then mean/std into the NCHW output (exact: every
-  resampling row sums to one). Measured side by side it is as fast as the banded path at
-  128 px and faster at 224 px (benchmarks/runtime_switch.py).
+- :func:`preprocess_images` (numpy + BLAS): the same composed map of each axis, blocked.
+  The rows: 4 outputs per block read one run of input rows (exactly the rows they use, and
+  only the columns the crop keeps), gathered from the uint8 image and converted to float32
+  once, one batched matrix product. The transposing copy to planar float scales by the
+  normalization. The columns: 8 outputs per block read a regular strided window (no copy),
+  one batched product over a 3r-row matrix per block (all three channels at once), written
+  into the NCHW output; the normalization's shift is added last (exact: every composed row
+  sums to one). Its maps are cached per image size under a byte budget
+  (:data:`CACHE_BYTES`).
 
 Library resizes of uint8 images are not used: they round to whole grey levels, about 1e-2
-after normalization, far over the parity tests' 2e-5. Pillow's float mode (antialiased)
-and an ONNX Runtime graph (Resize with antialias) were measured slower than the banded
-path for the downscale.
+after normalization, far over the parity tests' 2e-5. On a 224 px photo at 128 px, OpenCV 5's
+float ``resize`` + ``warpAffine`` (the previous path for enlargements) took 1.15x this path
+alone, and the same inside a request (within noise); an ONNX Runtime graph of the same
+blocked products (Gather, MatMul) took 2.5x; Pillow's float mode and an ONNX Runtime Resize
+(antialias) graph were measured slower before.
 
 :func:`read_image` decodes one file to uint8 RGB with a pixel cap checked from the header.
 """
@@ -34,24 +33,27 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .errors import BackendUnavailableError, ExportError, ExportUsageError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "RESIZE_MODES", "fast_backend", "preprocess_images",
+__all__ = ["CACHE_BYTES", "DEFAULT_MAX_PIXELS", "RESIZE_MODES", "preprocess_images",
            "preprocess_reference", "read_image"]
 
 RESIZE_MODES = ("shorter_side", "stretch")
 #: Decoded-pixel cap of :func:`read_image` (width x height), checked before decoding.
 DEFAULT_MAX_PIXELS = 50_000_000
+_T = TypeVar("_T")
 
 
 # ============================================================================ geometry
@@ -137,7 +139,6 @@ def _as_rgb(img: np.ndarray, i: int, bgr: bool) -> np.ndarray:
 
 # ============================================================================ reference (numpy)
 
-@lru_cache(maxsize=256)
 def _antialias_matrix(n_in: int, n_out: int) -> np.ndarray:
     """(n_out, n_in) weights of a bilinear resize with antialias (half-pixel centres)."""
     scale = n_in / n_out
@@ -157,7 +158,6 @@ def _antialias_matrix(n_in: int, n_out: int) -> np.ndarray:
     return m.astype(np.float32)
 
 
-@lru_cache(maxsize=256)
 def _align_corners_matrix(n_in: int, n_out: int) -> np.ndarray:
     """(n_out, n_in) weights of a bilinear resize with ``align_corners=True``, no antialias."""
     m = np.zeros((n_out, n_in), dtype=np.float64)
@@ -179,7 +179,8 @@ def _axis_matrix(n_in: int, n_resized: int, start: int, crop: int,
     """One axis of resize -> crop -> resize to ``resolution``, composed into one dense
     (resolution, n_in) float64 map. Every step is linear with rows summing to one, so the
     map also commutes with the per-channel normalization, which is applied at the small
-    size. Not cached itself (dense, n_in wide): its callers cache what they keep."""
+    size. Not cached, nor are its factors (dense, n_in wide): the callers cache the compact
+    forms they keep, under one byte budget (:data:`CACHE_BYTES`)."""
     m = np.eye(n_in, dtype=np.float64) if n_resized == n_in else \
         _antialias_matrix(n_in, n_resized).astype(np.float64)
     m = m[start:start + crop]
@@ -188,23 +189,34 @@ def _axis_matrix(n_in: int, n_resized: int, start: int, crop: int,
     return m
 
 
-@lru_cache(maxsize=64)
 def _axis_taps(n_in: int, n_resized: int, start: int, crop: int,
-               resolution: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_axis_matrix` stored sparsely: (resolution, K) source indices and weights,
-    K = most taps per output."""
-    m = _axis_matrix(n_in, n_resized, start, crop, resolution)
-    k = max(1, int((np.abs(m) > 0).sum(axis=1).max()))
-    idx = np.zeros((resolution, k), dtype=np.intp)
-    wts = np.zeros((resolution, k), dtype=np.float32)
-    for row in range(resolution):
-        nz = np.flatnonzero(m[row])
-        idx[row, :len(nz)], wts[row, :len(nz)] = nz, m[row, nz]
-    return idx, wts
+               resolution: int) -> _Taps:
+    """:func:`_axis_matrix` stored sparsely (cached)."""
+    return _CACHE.get(("taps", n_in, n_resized, start, crop, resolution),
+                      lambda: _Taps(_axis_matrix(n_in, n_resized, start, crop, resolution)))
 
 
-def _apply_taps(x: np.ndarray, idx: np.ndarray, wts: np.ndarray, axis: int) -> np.ndarray:
+class _Taps:
+    """A composed map as (resolution, K) source indices and weights, K = most taps per
+    output."""
+
+    def __init__(self, m: np.ndarray) -> None:
+        resolution = m.shape[0]
+        k = max(1, int((np.abs(m) > 0).sum(axis=1).max()))
+        self.idx = np.zeros((resolution, k), dtype=np.intp)
+        self.wts = np.zeros((resolution, k), dtype=np.float32)
+        for row in range(resolution):
+            nz = np.flatnonzero(m[row])
+            self.idx[row, :len(nz)], self.wts[row, :len(nz)] = nz, m[row, nz]
+
+    @property
+    def nbytes(self) -> int:
+        return self.idx.nbytes + self.wts.nbytes
+
+
+def _apply_taps(x: np.ndarray, taps: _Taps, axis: int) -> np.ndarray:
     """Resample ``x`` along ``axis`` (0 or 1) with sparse taps."""
+    idx, wts = taps.idx, taps.wts
     acc: np.ndarray | None = None
     for k in range(idx.shape[1]):
         if axis == 0:
@@ -220,8 +232,8 @@ def _reference_one(a: np.ndarray, plan: _Plan, resolution: int) -> np.ndarray:
     h, w = a.shape[:2]
     rh, rw, top, left = _crop_geometry(h, w, plan.resize, plan.crop, plan.mode)
     x = a.astype(np.float32)
-    x = _apply_taps(x, *_axis_taps(h, rh, top, plan.crop, resolution), axis=0)    # (r, w, 3)
-    x = _apply_taps(x, *_axis_taps(w, rw, left, plan.crop, resolution), axis=1)   # (r, r, 3)
+    x = _apply_taps(x, _axis_taps(h, rh, top, plan.crop, resolution), axis=0)    # (r, w, 3)
+    x = _apply_taps(x, _axis_taps(w, rw, left, plan.crop, resolution), axis=1)   # (r, r, 3)
     return (x.transpose(2, 0, 1) * plan.scale32 - plan.mean32) / plan.std32
 
 
@@ -237,33 +249,93 @@ def preprocess_reference(images: np.ndarray | Sequence[np.ndarray], pre: dict[st
     return out
 
 
-# ============================================================================ banded path (numpy + BLAS)
+# ============================================================================ fast path (numpy + BLAS)
 
-#: Output rows per block of the banded maps (a multiple of 8 divides the usual resolutions).
-_BLOCK = 8
+#: Output rows per block: of the row pass (exact windows; 4 measured fastest at 128 px) and
+#: of the column pass (regular windows; 8 divides the usual resolutions).
+_ROW_BLOCK, _COL_BLOCK = 4, 8
+#: What the per-image-size caches may hold in all (bytes): a server fed many image sizes
+#: keeps the most recent ones, never more than this.
+CACHE_BYTES = 32 << 20
+
+
+class _BoundedCache:
+    """Least-recently-used values under a byte budget (their ``nbytes``); thread-safe. A
+    value larger than the whole budget is returned but not kept."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def get(self, key: Hashable, make: Callable[[], _T]) -> _T:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return cast(_T, self._items[key])
+        value = make()                  # outside the lock: building is the slow part
+        size = int(getattr(value, "nbytes", 0))
+        with self._lock:
+            if key not in self._items and size <= self.max_bytes:
+                self._items[key] = value
+                self._bytes += size
+                while self._bytes > self.max_bytes:
+                    _, old = self._items.popitem(last=False)
+                    self._bytes -= int(getattr(old, "nbytes", 0))
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+
+_CACHE = _BoundedCache(CACHE_BYTES)
+
+
+def _block_extent(m: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(m zero-padded to whole blocks, first and one-past-last input each block reads)."""
+    r, n = m.shape
+    blocks = -(-r // block)
+    padded = np.zeros((blocks * block, n))
+    padded[:r] = m
+    used = np.asarray((padded != 0).reshape(blocks, block, n).any(axis=1))   # (blocks, n)
+    return padded, used.argmax(axis=1), n - used[:, ::-1].argmax(axis=1)
+
+
+class _Rows:
+    """A composed map applied to rows: block b of ``block`` outputs reads the rows
+    ``index[b]`` (one run of ``span``, inside the image), weights (blocks, block, span)."""
+
+    def __init__(self, m: np.ndarray, block: int) -> None:
+        padded, lo, hi = _block_extent(m, block)
+        self.blocks, self.span = len(lo), int((hi - lo).max())
+        start = np.minimum(lo, m.shape[1] - self.span)
+        self.index = (start[:, None] + np.arange(self.span)).reshape(-1)
+        self.weights = np.stack([padded[b * block:(b + 1) * block, s:s + self.span]
+                                 for b, s in enumerate(start)]).astype(np.float32)
 
 
 class _Band:
-    """One axis's composed map as a block-banded matrix for a batched matrix product: the
-    outputs in blocks of ``block``; block k reads the ``span`` inputs from
-    ``first + k * step`` of the axis padded with ``pad`` (before, after) zeros (a strided
-    view of the image, no copy), with ``weights[k]`` (block, span)."""
+    """A composed map as regular windows over the zero-padded axis: block b reads inputs
+    ``first + step * b`` .. ``+ span`` of the padded axis (a strided view, no copy)."""
 
     def __init__(self, m: np.ndarray, block: int) -> None:
-        r, n = m.shape
-        self.blocks = -(-r // block)
-        nonzero = np.zeros((self.blocks * block, n), dtype=bool)
-        nonzero[:r] = m != 0
-        used = np.asarray(nonzero.reshape(self.blocks, block, n).any(axis=1))  # (blocks, n)
-        lo = used.argmax(axis=1)
-        hi = n - used[:, ::-1].argmax(axis=1)
+        padded, lo, hi = _block_extent(m, block)
+        n = m.shape[1]
+        self.blocks = len(lo)
         start, self.step, self.span = _band_layout(lo, hi)
         self.pad = (max(0, -start), max(0, start + self.step * (self.blocks - 1) + self.span - n))
         self.first = start + self.pad[0]
-        padded = np.zeros((self.blocks * block, self.pad[0] + n + self.pad[1]))
-        padded[:r, self.pad[0]:self.pad[0] + n] = m
+        wide = np.zeros((len(padded), self.pad[0] + n + self.pad[1]))
+        wide[:, self.pad[0]:self.pad[0] + n] = padded
         firsts = self.first + self.step * np.arange(self.blocks)
-        self.weights: np.ndarray = np.stack([padded[b * block:(b + 1) * block, f:f + self.span]
+        self.weights: np.ndarray = np.stack([wide[b * block:(b + 1) * block, f:f + self.span]
                                              for b, f in enumerate(firsts)])
 
 
@@ -281,23 +353,27 @@ def _band_layout(lo: np.ndarray, hi: np.ndarray) -> tuple[int, int, int]:
     return best
 
 
-class _Banded:
-    """Both axes of one (image size, preprocessing, resolution): rows, then columns with
-    the per-channel scale of the normalization folded into their weights."""
+class _Gemm:
+    """Both axes of one (image size, preprocessing, resolution): the rows as exact windows,
+    the columns those the crop keeps (``c0:c1``) as regular windows."""
 
-    def __init__(self, rows: np.ndarray, cols: np.ndarray, alpha: tuple[float, ...]) -> None:
-        self.rows, self.cols = _Band(rows, _BLOCK), _Band(cols, _BLOCK)
-        self.w_rows = self.rows.weights.astype(np.float32)                # (blocks, b, span)
-        scale = np.asarray(alpha, dtype=np.float64).reshape(3, 1, 1, 1)
-        self.w_cols = (self.cols.weights.transpose(0, 2, 1)[None] * scale).astype(np.float32)
+    def __init__(self, rows: np.ndarray, cols: np.ndarray) -> None:
+        used = np.flatnonzero((cols != 0).any(axis=0))
+        self.c0, self.c1 = int(used[0]), int(used[-1]) + 1
+        self.rows = _Rows(rows, _ROW_BLOCK)
+        self.cols = _Band(cols[:, self.c0:self.c1], _COL_BLOCK)
+        self.w_cols = np.ascontiguousarray(self.cols.weights.transpose(0, 2, 1), np.float32)
+
+    @property
+    def nbytes(self) -> int:
+        return self.rows.index.nbytes + self.rows.weights.nbytes + self.w_cols.nbytes
 
 
-@lru_cache(maxsize=64)
-def _banded(h: int, w: int, geometry: tuple[int, int, int, int], crop: int, resolution: int,
-            alpha: tuple[float, ...]) -> _Banded:
+def _gemm(h: int, w: int, geometry: tuple[int, int, int, int], crop: int,
+          resolution: int) -> _Gemm:
     rh, rw, top, left = geometry
-    return _Banded(_axis_matrix(h, rh, top, crop, resolution),
-                   _axis_matrix(w, rw, left, crop, resolution), alpha)
+    return _CACHE.get(("gemm", h, w, geometry, crop, resolution), lambda: _Gemm(
+        _axis_matrix(h, rh, top, crop, resolution), _axis_matrix(w, rw, left, crop, resolution)))
 
 
 def _padded(x: np.ndarray, pad: tuple[int, int], axis: int) -> np.ndarray:
@@ -310,89 +386,30 @@ def _padded(x: np.ndarray, pad: tuple[int, int], axis: int) -> np.ndarray:
     return x
 
 
-def _banded_one(a: np.ndarray, plan: _Plan, geometry: tuple[int, int, int, int],
-                resolution: int, dst: np.ndarray) -> None:
-    """One image into ``dst`` (3, r, r) with the composed map of each axis as two batched
-    matrix products over strided windows (rows on the H x 3W image, then columns per
-    channel), the scale in the column weights, the shift added at the end."""
-    h, w = a.shape[:2]
-    bd = _banded(h, w, geometry, plan.crop, resolution, plan.alpha_key)
-    rows, cols = bd.rows, bd.cols
-    x = _padded(np.empty((rows.pad[0] + h + rows.pad[1], w * 3), dtype=np.float32), rows.pad, 0)
-    np.copyto(x[rows.pad[0]:rows.pad[0] + h].reshape(h, w, 3), a)
-    s0, s1 = x.strides
-    v = as_strided(x[rows.first:], (rows.blocks, rows.span, w * 3), (rows.step * s0, s0, s1),
-                   writeable=False)
-    t = np.matmul(bd.w_rows, v).reshape(-1, w, 3)[:resolution]
-    tc = _padded(np.empty((3, resolution, cols.pad[0] + w + cols.pad[1]), dtype=np.float32),
-                 cols.pad, 2)
-    np.copyto(tc[:, :, cols.pad[0]:cols.pad[0] + w], t.transpose(2, 0, 1))     # (3, r, w)
-    c0, c1, c2 = tc.strides
-    u = as_strided(tc[:, :, cols.first:], (3, cols.blocks, resolution, cols.span),
-                   (c0, cols.step * c2, c1, c2), writeable=False)
-    if cols.blocks * _BLOCK == resolution:   # the products land in dst: no transposing copy
-        np.matmul(u, bd.w_cols, out=dst.reshape(3, resolution, cols.blocks, _BLOCK)
-                  .transpose(0, 2, 1, 3))
+def _fast_one(a: np.ndarray, plan: _Plan, geometry: tuple[int, int, int, int],
+              resolution: int, dst: np.ndarray) -> None:
+    """One image into ``dst`` (3, r, r): the rows each block reads (uint8, the kept columns
+    only) converted once, one batched product for the rows; the transposing copy to planar
+    scales by the normalization; one batched product for the columns of all three channels
+    (one matrix of 3r rows per block); the shift added at the end."""
+    g = _gemm(a.shape[0], a.shape[1], geometry, plan.crop, resolution)
+    rows, cols, wu = g.rows, g.cols, g.c1 - g.c0
+    x = a[rows.index, g.c0:g.c1].astype(np.float32).reshape(rows.blocks, rows.span, wu * 3)
+    t = np.matmul(rows.weights, x).reshape(-1, wu, 3)[:resolution]             # (r, wu, 3)
+    width = cols.pad[0] + wu + cols.pad[1]
+    tc = _padded(np.empty((3, resolution, width), dtype=np.float32), cols.pad, 2)
+    np.multiply(t.transpose(2, 0, 1), plan.alpha, out=tc[:, :, cols.pad[0]:cols.pad[0] + wu])
+    m = tc.reshape(3 * resolution, width)
+    s0, s1 = m.strides
+    u = as_strided(m[:, cols.first:], (cols.blocks, 3 * resolution, cols.span),
+                   (cols.step * s1, s0, s1), writeable=False)
+    if cols.blocks * _COL_BLOCK == resolution:   # the products land in dst
+        np.matmul(u, g.w_cols, out=dst.reshape(3 * resolution, cols.blocks, _COL_BLOCK)
+                  .transpose(1, 0, 2))
         dst += plan.beta
     else:
-        y = np.matmul(u, bd.w_cols).transpose(0, 2, 1, 3).reshape(3, resolution, -1)
+        y = np.matmul(u, g.w_cols).transpose(1, 0, 2).reshape(3, resolution, -1)
         np.add(y[:, :, :resolution], plan.beta, out=dst)
-
-
-# ============================================================================ library path
-
-def _import_cv2() -> Any:
-    try:
-        import cv2
-    except ImportError:
-        return None
-    return cv2
-
-
-@lru_cache(maxsize=1)
-def fast_backend() -> str:
-    """"opencv+numpy" when OpenCV takes the images whose first resize only enlarges, else
-    "numpy" (the banded path takes every image; checked once).
-
-    That needs OpenCV whose ``warpAffine`` interpolates float images at float
-    positions: OpenCV 5 (4.11, 4.12 and 4.14 round them to 1/32 pixel, 0.03 of the value
-    range off, which this self-check detects): ``pip install 'mutualnet[fast]'``."""
-    cv2 = _import_cv2()
-    if cv2 is None:
-        return "numpy"
-    cv2.setNumThreads(1)   # one request is small; threads belong to the model session
-    x = np.random.default_rng(0).random((61, 61, 3), dtype=np.float32)
-    ours = _align_corners(cv2, x, 0, 0, 61, 37)
-    m = _align_corners_matrix(61, 37).astype(np.float64)
-    err = float(np.abs(ours - np.einsum("ij,jkc,lk->ilc", m, x.astype(np.float64), m)).max())
-    return "opencv+numpy" if err < 1e-5 else "numpy"
-
-
-def _align_corners(cv2: Any, x: np.ndarray, top: int, left: int, crop: int,
-                   resolution: int) -> np.ndarray:
-    """Bilinear, align_corners=True, of x[top:top+crop, left:left+crop] to resolution^2
-    (the crop offset folded into the warp matrix: no crop copy)."""
-    if crop == resolution:
-        return x[top:top + crop, left:left + crop]
-    s = (crop - 1) / (resolution - 1) if resolution > 1 else 0.0
-    matrix = np.array([[s, 0.0, float(left)], [0.0, s, float(top)]])
-    return cv2.warpAffine(x, matrix, (resolution, resolution),
-                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                          borderMode=cv2.BORDER_REPLICATE)
-
-
-def _library_one(cv2: Any, a: np.ndarray, plan: _Plan, geometry: tuple[int, int, int, int],
-                 resolution: int, dst: np.ndarray) -> None:
-    """One image whose first resize only enlarges (OpenCV's bilinear then equals the
-    antialiased one) into ``dst`` (3, r, r): float32 HWC, normalized at the end."""
-    h, w = a.shape[:2]
-    rh, rw, top, left = geometry
-    x = a.astype(np.float32)
-    if (rh, rw) != (h, w):
-        x = cv2.resize(x, (rw, rh), interpolation=cv2.INTER_LINEAR)
-    y = _align_corners(cv2, x, top, left, plan.crop, resolution)
-    np.multiply(y.transpose(2, 0, 1), plan.alpha, out=dst)
-    dst += plan.beta
 
 
 def preprocess_images(images: np.ndarray | Sequence[np.ndarray], pre: dict[str, Any],
@@ -404,28 +421,16 @@ def preprocess_images(images: np.ndarray | Sequence[np.ndarray], pre: dict[str, 
     "shorter_side") and center-crop ``crop`` (the evaluation transform), normalize with mean/std,
     resize to the subnet's resolution (bilinear, align_corners=True, as the supernet was
     evaluated). Images are RGB (grayscale H x W is repeated, a fourth channel dropped); a
-    ``BGR`` manifest gets its channels swapped. An image whose first resize only enlarges goes
-    through OpenCV when available (:func:`fast_backend`), every other one through the banded
-    numpy path; both agree with :func:`preprocess_reference` to float32 precision.
+    ``BGR`` manifest gets its channels swapped. Equal to :func:`preprocess_reference` to
+    float32 precision.
     """
-    return _preprocess(images, pre, resolution,
-                       None if fast_backend() == "numpy" else _import_cv2())
-
-
-def _preprocess(images: np.ndarray | Sequence[np.ndarray], pre: dict[str, Any],
-                resolution: int, cv2: Any) -> np.ndarray:
-    """:func:`preprocess_images` with OpenCV ``cv2`` (None: the banded path for all)."""
     plan = _plan(pre)
     batch = _batch(images)
     out = np.empty((len(batch), 3, resolution, resolution), dtype=np.float32)
     for i, img in enumerate(batch):
         a = _as_rgb(img, i, plan.bgr)
-        h, w = a.shape[:2]
-        geometry = _crop_geometry(h, w, plan.resize, plan.crop, plan.mode)
-        if cv2 is not None and geometry[0] >= h and geometry[1] >= w:
-            _library_one(cv2, a, plan, geometry, resolution, out[i])
-        else:
-            _banded_one(a, plan, geometry, resolution, out[i])
+        geometry = _crop_geometry(a.shape[0], a.shape[1], plan.resize, plan.crop, plan.mode)
+        _fast_one(a, plan, geometry, resolution, out[i])
     return out
 
 

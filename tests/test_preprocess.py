@@ -17,7 +17,6 @@ from image_files import write_huge_png, write_png16  # noqa: E402
 from export import preprocess  # noqa: E402
 from export.errors import ExportUsageError  # noqa: E402
 from export.preprocess import (  # noqa: E402
-    fast_backend,
     preprocess_images,
     preprocess_reference,
     read_image,
@@ -27,13 +26,8 @@ PRE = {"resize": None, "crop": 16, "mean": [0.485, 0.456, 0.406], "std": [0.229,
        "channel_order": "RGB", "input_scale": 255.0}
 
 
-def _banded(images, pre, resolution):
-    """preprocess_images without OpenCV: the banded path takes every image."""
-    return preprocess._preprocess(images, pre, resolution, None)
-
-
-IMPLS = [preprocess_images, _banded, preprocess_reference]
-IDS = ["library", "banded", "numpy"]
+IMPLS = [preprocess_images, preprocess_reference]
+IDS = ["fast", "numpy"]
 
 
 def _img(h: int, w: int, seed: int = 1) -> np.ndarray:
@@ -59,10 +53,6 @@ def _training_side(img: np.ndarray, pre: dict, resolution: int) -> np.ndarray:
     mean = torch.tensor(pre["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(pre["std"]).view(1, 3, 1, 1)
     return resize_to((x - mean) / std, resolution).numpy()
-
-
-needs_library = pytest.mark.skipif(fast_backend() == "numpy",
-                                   reason="OpenCV (opencv-python-headless) not installed")
 
 
 # ------------------------------------------------------------------ geometry and parity
@@ -97,7 +87,7 @@ def test_matches_the_training_side_transform(impl, shape, resize, crop, res, mod
 ])
 def test_photo_sizes_match_the_training_side(resize, crop, res, mode) -> None:
     """At 224 px the float32 sampling positions themselves differ in the last bits (torch's
-    and OpenCV's alike), a few 1e-5 after normalization: 0.001 of a grey level."""
+    and ours alike), a few 1e-5 after normalization: 0.001 of a grey level."""
     pre = dict(PRE, resize=resize, crop=crop, resize_mode=mode)
     img = _photo(224, 300)
     ref = _training_side(img, pre, res)
@@ -105,9 +95,9 @@ def test_photo_sizes_match_the_training_side(resize, crop, res, mode) -> None:
         assert np.abs(impl([img], pre, res) - ref).max() < 5e-5
 
 
-@pytest.mark.parametrize("impl", [preprocess_images, _banded], ids=["library", "banded"])
-def test_fast_paths_equal_the_numpy_reference_on_random_geometry(impl) -> None:
-    """Both modes, down- and upscales, odd sizes, BGR, grayscale, and lists of mixed sizes."""
+def test_fast_path_equals_the_numpy_reference_on_random_geometry() -> None:
+    """Both modes, down- and upscales, odd sizes, crops, resolutions above and below the
+    crop (the align-corners step both ways), BGR, grayscale, RGBA, lists of mixed sizes."""
     rng = np.random.default_rng(3)
     for _ in range(40):
         crop = int(rng.integers(4, 40))
@@ -120,16 +110,21 @@ def test_fast_paths_equal_the_numpy_reference_on_random_geometry(impl) -> None:
                 for _ in range(int(rng.integers(1, 4)))]
         if rng.random() < 0.3:
             imgs[0] = imgs[0][:, :, 0]
-        np.testing.assert_allclose(impl(imgs, pre, res), preprocess_reference(imgs, pre, res),
+        elif rng.random() < 0.3:
+            imgs[0] = np.concatenate([imgs[0], imgs[0][:, :, :1]], axis=2)
+        np.testing.assert_allclose(preprocess_images(imgs, pre, res),
+                                   preprocess_reference(imgs, pre, res),
                                    atol=2e-5, rtol=0,
                                    err_msg=str(([i.shape for i in imgs], pre, res)))
 
 
+GEOMETRIES = [(224, 256, 16, 224, 128), (224, 128, 0, 128, 128), (300, 256, 0, 256, 224),
+              (7, 16, 0, 16, 3), (50, 24, 0, 20, 1), (90, 31, 0, 31, 47)]
+
+
 def test_banded_windows_hold_every_tap() -> None:
     """The regular windows (over the zero-padded axis) hold each block's weights exactly."""
-    for n_in, n_res, start, crop, res in [(224, 256, 16, 224, 128), (224, 128, 0, 128, 128),
-                                          (300, 256, 0, 256, 224), (7, 16, 0, 16, 3),
-                                          (50, 24, 0, 20, 1), (90, 31, 0, 31, 47)]:
+    for n_in, n_res, start, crop, res in GEOMETRIES:
         m = preprocess._axis_matrix(n_in, n_res, start, crop, res)
         band = preprocess._Band(m, 8)
         before, after = band.pad
@@ -142,6 +137,66 @@ def test_banded_windows_hold_every_tap() -> None:
         assert not dense[:, :before].any() and not dense[:, before + n_in:].any()
     # a 224 -> 128 stretch: 8 outputs advance 14 inputs; windows of 17 (29 without padding)
     assert preprocess._Band(preprocess._axis_matrix(224, 128, 0, 128, 128), 8).span <= 18
+
+
+def test_row_windows_hold_every_tap_inside_the_image() -> None:
+    """The exact row windows (one run of rows per block, never past the image) hold each
+    block's weights exactly, the rows a crop drops are never read."""
+    for n_in, n_res, start, crop, res in GEOMETRIES:
+        m = preprocess._axis_matrix(n_in, n_res, start, crop, res)
+        rows = preprocess._Rows(m, 4)
+        index = rows.index.reshape(rows.blocks, rows.span)
+        assert index.min() >= 0 and index.max() < n_in
+        dense = np.zeros((rows.blocks * 4, n_in))
+        for b in range(rows.blocks):
+            dense[b * 4:(b + 1) * 4, index[b]] = rows.weights[b]
+        np.testing.assert_allclose(dense[:res], m, atol=1e-7, rtol=0)
+    # resize 256, crop 224 of a 224 px image: 4 outputs read 8 rows, rows 0-12 are dropped
+    rows = preprocess._Rows(preprocess._axis_matrix(224, 256, 16, 224, 128), 4)
+    assert rows.span <= 8 and rows.index.min() >= 12
+
+
+def test_columns_the_crop_drops_are_not_read() -> None:
+    """A 224 x 300 image, resize 256, crop 224: only columns 51-248 reach the output."""
+    rh, rw, top, left = preprocess._crop_geometry(224, 300, 256, 224)
+    cols = preprocess._axis_matrix(300, rw, left, 224, 128)
+    g = preprocess._Gemm(preprocess._axis_matrix(224, rh, top, 224, 128), cols)
+    assert 50 <= g.c0 and g.c1 <= 250
+    assert not cols[:, :g.c0].any() and not cols[:, g.c1:].any()
+
+
+@pytest.mark.parametrize("shape, pre, res", [
+    ((224, 224), dict(PRE, resize=256, crop=224), 128),
+    ((224, 224), dict(PRE, resize=128, crop=128, resize_mode="stretch"), 128),
+    ((31, 45), dict(PRE, resize=20, crop=17), 13),       # odd sizes, 13 not a multiple of 8
+    ((20, 20), dict(PRE, resize=None, crop=20), 29),     # align-corners upscale
+])
+def test_batches_equal_the_reference_image_by_image(shape, pre, res) -> None:
+    """An NHWC batch of 3 through the fast path: within the parity tolerance of the
+    reference, and each image equal to itself alone."""
+    batch = np.stack([_img(*shape, seed=s) for s in (4, 5, 6)])
+    out = preprocess_images(batch, pre, res)
+    np.testing.assert_allclose(out, preprocess_reference(batch, pre, res), atol=2e-5, rtol=0)
+    for i in range(3):
+        np.testing.assert_array_equal(out[i], preprocess_images(batch[i], pre, res)[0])
+
+
+def test_the_cache_is_bounded_by_bytes() -> None:
+    """Many image sizes keep at most the cache's byte budget; the newest stay."""
+    cache = preprocess._BoundedCache(200_000)
+    for n in range(40, 140):
+        g = cache.get(("gemm", n), lambda n=n: preprocess._Gemm(
+            preprocess._axis_matrix(n, 256, 16, 224, 128),
+            preprocess._axis_matrix(n, 256, 16, 224, 128)))
+        assert cache.nbytes <= 200_000
+    assert cache.get(("gemm", 139), lambda: None) is g            # the newest is kept
+    assert cache.get(("gemm", 40), lambda: "rebuilt") == "rebuilt"    # the oldest is gone
+    huge = np.zeros(300_000, np.uint8)
+    assert cache.get("huge", lambda: huge) is huge and cache.nbytes <= 200_000
+    before = preprocess._CACHE.nbytes
+    preprocess_images([_img(n, n + 1) for n in range(60, 64)], PRE, 12)
+    assert preprocess._CACHE.nbytes <= preprocess.CACHE_BYTES and \
+        preprocess._CACHE.nbytes >= min(before, 1)
 
 
 @pytest.mark.parametrize("impl", IMPLS, ids=IDS)
@@ -178,42 +233,6 @@ def test_bad_inputs_are_usage_errors(impl) -> None:
         impl([], PRE, 12)
     with pytest.raises(ExportUsageError, match="unknown preprocessing resize_mode 'fit'"):
         impl(_img(8, 8), dict(PRE, resize_mode="fit"), 12)
-
-
-def test_without_opencv_the_banded_path_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(preprocess, "_import_cv2", lambda: None)
-    preprocess.fast_backend.cache_clear()
-    try:
-        assert fast_backend() == "numpy"
-        img = _img(30, 41)
-        pre = dict(PRE, resize=20, crop=16)
-        np.testing.assert_allclose(preprocess_images(img, pre, 12),
-                                   preprocess_reference(img, pre, 12), atol=2e-6, rtol=0)
-    finally:
-        preprocess.fast_backend.cache_clear()
-
-
-@needs_library
-def test_self_check_refuses_an_opencv_that_rounds_positions(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """OpenCV before 4.11 rounds warpAffine positions to 1/32 pixel; such a build must not
-    be used (stand-in: a warpAffine that rounds its matrix to 1/32)."""
-    import cv2
-
-    class Rounding:
-        def __getattr__(self, name: str) -> object:
-            return getattr(cv2, name)
-
-        @staticmethod
-        def warpAffine(src, m, size, **kw):  # noqa: N802 - OpenCV's name
-            return cv2.warpAffine(src, np.round(m * 32) / 32, size, **kw)
-
-    monkeypatch.setattr(preprocess, "_import_cv2", Rounding)
-    preprocess.fast_backend.cache_clear()
-    try:
-        assert fast_backend() == "numpy"
-    finally:
-        preprocess.fast_backend.cache_clear()
 
 
 # ------------------------------------------------------------------ decoding
