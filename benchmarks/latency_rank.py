@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import itertools
 import os
 import sys
@@ -78,7 +79,7 @@ def measure_grid(widths: Sequence[float], resolutions: Sequence[int], seconds: f
             path = export_onnx(sliced.module, r, Path(tmp) / f"{subnet_id(w, r)}.onnx").path
             runner = OrtRunner(path, threads=threads)
             x = np.random.default_rng(0).standard_normal((1, 3, r, r)).astype(np.float32)
-            stats = measure(lambda run=runner.run, x=x: run(x), subnet_id=subnet_id(w, r),
+            stats = measure(functools.partial(runner.run, x), subnet_id=subnet_id(w, r),
                             batch=1, duration_s=seconds)
             runner.close()
             rows.append(measured(w, r, macs=count(model, w, r).macs,
@@ -150,8 +151,8 @@ def main() -> None:
     torch.set_num_threads(1)
     load = load_average()
     seconds = 0.1 if args.quick else args.seconds
-    grid = ((0.25, 1.0), (128, 224)) if args.quick else (WIDTHS, RESOLUTIONS)
-    table = measure_grid(*grid, seconds, args.threads)
+    widths, resolutions = ((0.25, 1.0), (128, 224)) if args.quick else (WIDTHS, RESOLUTIONS)
+    table = measure_grid(widths, resolutions, seconds, args.threads)
     body = (f"ONNX Runtime CPU provider, {args.threads} intra-op thread, batch 1, "
             f"{seconds:g} s per candidate; load average {load} at the start, "
             f"{load_average()} at the end, on {os.cpu_count()} cores.\n\n"
