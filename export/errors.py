@@ -35,6 +35,11 @@ class BackendUnavailableError(ExportError):
     """An optional runtime package (tensorrt, onnxruntime) is missing; says how to install it."""
 
 
+class LatencyTableError(ExportUsageError):
+    """A latency table (``export --auto --latency-table``) is invalid or does not match the
+    checkpoint; the message names the file, the row and what to do."""
+
+
 class BudgetError(ExportError):
     """No subnet fits a budget and the caller asked to refuse rather than fall back."""
 

@@ -29,7 +29,8 @@ from .runtime import SubnetRuntime
 WARMUP_S = 0.2
 DEFAULT_DURATION_S = 3.0
 
-__all__ = ["LatencyStats", "jetson_power_mode", "latency_key", "measure", "profile_manifest"]
+__all__ = ["LatencyStats", "jetson_power_mode", "latency_key", "load_average", "measure",
+           "measure_runtime", "profile_manifest", "record_latencies"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class LatencyStats:
     p99_ms: float
     mean_ms: float
     throughput_ips: float
+    load: float | None = None   # the 1-minute load average when the measurement ended
 
     def row(self) -> dict[str, Any]:
         return {"batch": self.batch, "p50_ms": _sig(self.p50_ms), "p90_ms": _sig(self.p90_ms),
@@ -53,6 +55,15 @@ class LatencyStats:
 
 def _sig(v: float) -> float:
     return float(f"{v:.5g}")
+
+
+def load_average() -> float | None:
+    """The machine's 1-minute load average (None where the platform has none); it counts
+    the measuring process itself."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):  # pragma: no cover - not Unix
+        return None
 
 
 def jetson_power_mode() -> str | None:
@@ -102,7 +113,7 @@ def measure(run: Callable[[], Any], *, subnet_id: str, batch: int,
     p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
     return LatencyStats(subnet_id=subnet_id, batch=batch, runs=len(times), p50_ms=p50,
                         p90_ms=p90, p99_ms=p99, mean_ms=float(ms.mean()),
-                        throughput_ips=batch * len(times) / total)
+                        throughput_ips=batch * len(times) / total, load=load_average())
 
 
 def _runner(rt: SubnetRuntime, x: np.ndarray, sid: str) -> Callable[[], Any]:
@@ -122,6 +133,55 @@ def _progress(total: int, enabled: bool) -> Any:
         return None
 
 
+def measure_runtime(rt: SubnetRuntime, batches: Sequence[int] | None = None, *,
+                    duration_s: float = DEFAULT_DURATION_S, progress: bool = True,
+                    seed: int = 0) -> list[LatencyStats]:
+    """:func:`measure` every subnet of a loaded runtime at each batch size (default: each
+    subnet's own), on random preprocessed input; what ``profile`` and ``export --auto`` time."""
+    if batches is not None and (not batches or any(b < 1 for b in batches)):
+        raise ExportUsageError(f"batch sizes must be >= 1, got {list(batches)}")
+    plan = {info.id: sorted(set(batches or info.batch_sizes)) for info in rt.subnets}
+    rng = np.random.default_rng(seed)
+    results: list[LatencyStats] = []
+    bar = _progress(sum(len(v) for v in plan.values()), progress)
+    for info in rt.subnets:
+        for b in plan[info.id]:
+            x = rng.standard_normal((b, 3, info.resolution, info.resolution)).astype(
+                np.float32)
+            results.append(measure(_runner(rt, x, info.id), subnet_id=info.id, batch=b,
+                                   duration_s=duration_s))
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    return results
+
+
+def record_latencies(rt: SubnetRuntime, results: Sequence[LatencyStats],
+                     precision: str = "fp32") -> None:
+    """Write ``results`` into the runtime's manifest under this device and backend: the
+    smallest batch's figures at the top level, every batch in ``by_batch``."""
+    power = jetson_power_mode()
+    key = latency_key(rt.device_name, rt.backend, precision)
+    provider = ",".join(rt.providers) if rt.providers else rt.backend
+    stamp = utc_now()
+
+    def write(doc: dict[str, Any]) -> None:
+        for sn in doc["subnets"]:
+            rows = [r for r in results if r.subnet_id == sn["id"]]
+            if not rows:
+                continue
+            first = rows[0]
+            sn["latency"][key] = {
+                "device": rt.device_name, "backend": rt.backend, "provider": provider,
+                **first.row(), "power_mode": power, "measured": stamp,
+                "precision": precision,
+                "by_batch": [r.row() for r in rows],
+            }
+
+    update_manifest(rt.manifest.path, write)
+
+
 def profile_manifest(manifest_dir: str | os.PathLike[str], *, backend: str = "auto",
                      device: str | None = None, duration_s: float = DEFAULT_DURATION_S,
                      batches: Sequence[int] | None = None, threads: int | None = None,
@@ -137,41 +197,9 @@ def profile_manifest(manifest_dir: str | os.PathLike[str], *, backend: str = "au
     rt = SubnetRuntime.load(manifest_dir, backend=backend, device=device, threads=threads,
                             precision=precision)
     try:
-        if batches is not None and (not batches or any(b < 1 for b in batches)):
-            raise ExportUsageError(f"batch sizes must be >= 1, got {list(batches)}")
-        plan = {info.id: sorted(set(batches or info.batch_sizes)) for info in rt.subnets}
-        rng = np.random.default_rng(seed)
-        results: list[LatencyStats] = []
-        bar = _progress(sum(len(v) for v in plan.values()), progress)
-        for info in rt.subnets:
-            for b in plan[info.id]:
-                x = rng.standard_normal((b, 3, info.resolution, info.resolution)).astype(
-                    np.float32)
-                results.append(measure(_runner(rt, x, info.id), subnet_id=info.id, batch=b,
-                                       duration_s=duration_s))
-                if bar is not None:
-                    bar.update(1)
-        if bar is not None:
-            bar.close()
-        power = jetson_power_mode()
-        key = latency_key(rt.device_name, rt.backend, precision)
-        provider = ",".join(rt.providers) if rt.providers else rt.backend
-        stamp = utc_now()
-
-        def write(doc: dict[str, Any]) -> None:
-            for sn in doc["subnets"]:
-                rows = [r for r in results if r.subnet_id == sn["id"]]
-                if not rows:
-                    continue
-                first = rows[0]
-                sn["latency"][key] = {
-                    "device": rt.device_name, "backend": rt.backend, "provider": provider,
-                    **first.row(), "power_mode": power, "measured": stamp,
-                    "precision": precision,
-                    "by_batch": [r.row() for r in rows],
-                }
-
-        update_manifest(rt.manifest.path, write)
+        results = measure_runtime(rt, batches, duration_s=duration_s, progress=progress,
+                                  seed=seed)
+        record_latencies(rt, results, precision)
         return results
     finally:
         rt.close()

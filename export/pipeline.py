@@ -102,6 +102,8 @@ class ExportOptions:
     calib_data: str | None = None  # a folder of (unlabelled) int8 calibration images
     int8_method: str = "minmax"  # activation ranges: minmax, percentile, entropy
     gates: tuple[str, ...] = ()  # "KEY=VALUE" overrides of the profile's parity gates
+    attachments: tuple[tuple[str, str], ...] = ()  # (files key, path): files copied into the
+    #                                                export and listed in the manifest
 
 
 @dataclass(frozen=True)
@@ -392,6 +394,7 @@ def _export_locked(checkpoint: Path, out: Path, options: ExportOptions,
         reports.sort(key=lambda s: (s.macs, s.width, s.resolution))
         table = parity_table(reports)
         files = _write_reports(tmp, reports, table, ckpt, profile, ctx.source)
+        files.update(attach_files(tmp, options.attachments))
         files["parity_images"], kept = write_parity_images_file(
             tmp, ctx.eval_x, ctx.eval_y, preprocessing(ctx.data_spec))
         held_out = sum(len(x) for x in ctx.eval_x)
@@ -406,6 +409,16 @@ def _export_locked(checkpoint: Path, out: Path, options: ExportOptions,
         _install(tmp, out, force=options.force, protect=(checkpoint,))
     return ExportReport(out, out / manifest.name, tuple(reports),
                         time.perf_counter() - start, table, tuple(notes), precisions, explicit)
+
+
+def attach_files(tmp: Path, attachments: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """Copy each (key, path) of ``attachments`` into ``tmp``; their manifest file entries."""
+    files = {}
+    for key, src in attachments:
+        dest = tmp / Path(src).name
+        shutil.copyfile(src, dest)
+        files[key] = file_entry(tmp, dest)
+    return files
 
 
 def bn_stats_folded(extra: Mapping[str, Any]) -> bool:

@@ -17,7 +17,8 @@ DEVICE_SIDE = ("export/runtime.py", "export/manifest.py", "export/profiles.py",
                "export/val.py",
                "export/tensorrt_build.py", "export/backends/__init__.py",
                "export/backends/onnxruntime.py", "export/backends/tensorrt.py",
-               "export/graph_identity.py", "export/jsonio.py", "export/onnxproto.py")
+               "export/graph_identity.py", "export/jsonio.py", "export/onnxproto.py",
+               "export/autoselect.py", "export/candidates.py")
 DEVICE_MODULES = ", ".join(p[:-3].replace("/", ".").removesuffix(".__init__")
                            for p in DEVICE_SIDE)
 

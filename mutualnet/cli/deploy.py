@@ -149,15 +149,21 @@ def _batch_sizes(text: str | None) -> list[int] | None:
 @click.option("--duration", type=click.FloatRange(min=0.01), default=3.0, show_default=True,
               help="Seconds of timed runs per subnet and batch size (after a 200 ms warm-up).")
 @click.option("--batch", "batches", default=None,
-              help="Comma list of batch sizes [default: the profile's min,opt,max].")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32",
-              show_default=True, help="Which artifact of each subnet to measure.")
+              help="Comma list of batch sizes [default: the profile's min,opt,max; with "
+                   "--latency-table one size, default its opt_batch].")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+              help="Which artifact of each subnet to measure [default: fp32; with "
+                   "--latency-table every precision the export holds].")
+@click.option("--latency-table", type=click.Path(path_type=Path), default=None,
+              metavar="FILE", help="Also write the figures as a latency table for `mutualnet "
+                                   "export CKPT --auto N --latency-table FILE` (EXPORT_DIR "
+                                   "from `mutualnet candidates`; needs no torch).")
 @THREADS
 @PROGRESS
 @ON_STALE
 def profile_cmd(export_dir: Path, backend: str, device: str | None, duration: float,
-                batches: str | None, precision: str, threads: int | None, progress: bool,
-                on_stale: str) -> None:
+                batches: str | None, precision: str | None, latency_table: Path | None,
+                threads: int | None, progress: bool, on_stale: str) -> None:
     """Measure every subnet trtexec-style and write p50/p90/p99 into the manifest."""
     from export.latency import profile_manifest
     from export.runtime import resolve_backend
@@ -165,16 +171,47 @@ def profile_cmd(export_dir: Path, backend: str, device: str | None, duration: fl
     sizes = _batch_sizes(batches)
     with _warnings_to_stderr():
         backend = resolve_backend(export_dir, backend, device, on_stale)
+        if latency_table is not None:
+            _latency_table(export_dir, latency_table, backend=backend, device=device,
+                           duration=duration, sizes=sizes, precision=precision,
+                           threads=threads or _default_threads(), progress=progress)
+            return
         results = profile_manifest(export_dir, backend=backend, device=device,
                                    duration_s=duration, batches=sizes,
                                    threads=threads or _default_threads(), progress=progress,
-                                   precision=precision)
+                                   precision=precision or "fp32")
     click.echo(f"{'subnet':<14} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
                f"{'img/s':>10} {'runs':>7}")
     for r in results:
         click.echo(f"{r.subnet_id:<14} {r.batch:>5} {r.p50_ms:>9.3f} {r.p90_ms:>9.3f} "
                    f"{r.p99_ms:>9.3f} {r.throughput_ips:>10.1f} {r.runs:>7}")
     click.echo(f"latencies written to {Path(export_dir)}")
+
+
+def _latency_table(export_dir: Path, path: Path, *, backend: str, device: str | None,
+                   duration: float, sizes: list[int] | None, precision: str | None,
+                   threads: int, progress: bool) -> None:
+    """``profile --latency-table FILE``: measure every candidate at one batch size."""
+    from export.autoselect import write_table
+    from export.candidates import measure_candidates
+    from export.errors import ExportUsageError
+
+    if sizes is not None and len(sizes) != 1:
+        raise ExportUsageError(f"--latency-table records one batch size, got --batch "
+                               f"{','.join(map(str, sizes))}; pass one")
+    table = measure_candidates(export_dir, precisions=[precision] if precision else None,
+                               backend=backend, device=device, batch=sizes[0] if sizes else None,
+                               duration_s=duration, threads=threads, progress=progress)
+    write_table(path, table)
+    click.echo(f"{'candidate':<20} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'spread':>8} "
+               f"{'load':>5}")
+    for m in table.rows:
+        load = "-" if m.load is None else f"{m.load:.1f}"
+        click.echo(f"{m.label:<20} {m.batch:>5} {m.p50_ms:>9.3f} {m.p90_ms:>9.3f} "
+                   f"{m.spread_ms:>8.3f} {load:>5}")
+    click.echo(f"latency table of {len(table.rows)} candidates written to {path}; bring it "
+               "back and run `mutualnet export CKPT --auto N --latency-table "
+               f"{path.name}`")
 
 
 def _read_image(path: Path, max_pixels: int | None = None) -> np.ndarray:
