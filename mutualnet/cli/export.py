@@ -123,8 +123,9 @@ def export_cmd(checkpoint: Path, widths: list[float] | None, resolutions: list[i
     if engines:
         from .deploy import build_and_report
 
-        build_and_report(report.out_dir, profile, parity_limit=eval_images,
-                         progress=progress)
+        # the profile the manifest recorded: --gate overrides and the engine precision
+        # that --precision implies (fp16 engines on the DLA profile for --precision fp16)
+        build_and_report(report.out_dir, None, parity_limit=eval_images, progress=progress)
 
 
 COMMANDS = [export_cmd]
