@@ -60,12 +60,13 @@ from .precisions import (
     DEFAULT_CALIB_IMAGES,
     PrecisionResult,
     build_precisions,
+    engine_precision,
     parse_precisions,
     precision_records,
     read_calibration_images,
 )
 from .preprocess import preprocess_images
-from .profiles import DeployProfile, load_profile, override_gates
+from .profiles import DeployProfile, load_profile, override_gates, with_engine_precision
 
 PARITY_MD = "parity.md"
 PARITY_JSON = "parity.json"
@@ -363,6 +364,8 @@ def _export_locked(checkpoint: Path, out: Path, options: ExportOptions,
 
     profile = override_gates(load_profile(options.profile), options.gates)
     precisions, explicit = parse_precisions(options.precisions, profile)
+    # the manifest records the engine precision build-engines will use by default
+    profile = with_engine_precision(profile, engine_precision(profile, precisions, explicit))
     folder = read_calibration_images(options.calib_data, options.int8_calib_images) \
         if "int8" in precisions else None
     options = dataclasses.replace(options, device=str(resolve_device(options.device)))

@@ -40,7 +40,7 @@ FILE_NAMES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.in
 DEFAULT_CALIB_IMAGES = 256
 
 __all__ = ["DEFAULT_CALIB_IMAGES", "FILE_KEYS", "FILE_NAMES", "PrecisionResult",
-           "build_precisions", "parse_precisions", "precision_records"]
+           "build_precisions", "engine_precision", "parse_precisions", "precision_records"]
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,20 @@ def parse_precisions(text: str | Sequence[str] | None,
                 f"{', '.join(profile.device_precisions)}; pick one of those or another "
                 "--profile")
     return tuple(dict.fromkeys(["fp32", *wanted])), explicit
+
+
+def engine_precision(profile: DeployProfile, precisions: Sequence[str],
+                     explicit: bool) -> str | None:
+    """The precision a TensorRT profile's engines are built in when it is not the profile's
+    own ``precision`` (None: the profile's): ``--precision`` given without the profile's
+    precision picks the lowest one given but fp32, so the DLA profile's int8 engines become
+    fp16 for ``--precision fp16``. Only fp32 given keeps the profile's (fp16 engines then
+    come from the fp32 ONNX); ONNX Runtime profiles build no engines."""
+    asked = [p for p in PRECISIONS[::-1] if p in precisions and p != "fp32"]
+    if profile.runtime != "tensorrt" or not explicit or profile.precision in precisions \
+            or not asked:
+        return None
+    return asked[0]
 
 
 def read_calibration_images(folder: str | os.PathLike[str] | None,

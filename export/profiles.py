@@ -45,7 +45,7 @@ KNOWN_PROVIDERS = (
 )
 
 __all__ = ["DEFAULT_PROFILE", "GATE_KEYS", "DeployProfile", "list_profiles", "load_profile",
-           "override_gates", "profile_from_dict", "profiles_dir"]
+           "override_gates", "profile_from_dict", "profiles_dir", "with_engine_precision"]
 
 #: the parity-gate keys ``export --gate KEY=VALUE`` may override
 GATE_KEYS = ("fp32_max_abs_diff", "min_top1_agreement", "max_accuracy_drop_pt",
@@ -209,7 +209,8 @@ def profile_from_dict(data: Any, *, source: str = "<profile>",
         if runtime != "tensorrt":
             raise _fail(source, "dla_core", "a DLA core needs runtime 'tensorrt'")
         if precision == "fp32":
-            raise _fail(source, "dla_core", "the DLA runs fp16 or int8 only; set precision: fp16")
+            raise _fail(source, "dla_core", "the DLA runs fp16 or int8 only; set precision: int8 "
+                        "(from the Q/DQ ONNX) or fp16")
         if trt_major == 11:
             raise _fail(source, "dla_core", "TensorRT 11 does not support Jetson (JetPack stays "
                         "on TensorRT 10); use tensorrt_major: 10 with a DLA core")
@@ -328,3 +329,18 @@ def override_gates(profile: DeployProfile, items: Sequence[str]) -> DeployProfil
             raise ProfileError(f"--gate {item!r}: {value!r} is not a number; e.g. "
                                f"{key}=0.9") from None
     return profile_from_dict(data, source=f"{profile.name} with --gate")
+
+
+def with_engine_precision(profile: DeployProfile, precision: str | None) -> DeployProfile:
+    """``profile`` building its TensorRT engines in ``precision`` (``build-engines
+    --precision``, or what ``export --precision`` wrote); ``None`` keeps the profile's. A
+    precision the profile's device cannot run is a usage error (exit 2)."""
+    if precision is None or precision == profile.precision:
+        return profile
+    if precision not in profile.device_precisions:
+        raise ProfileError(f"deploy profile {profile.name} cannot run {precision} engines: its "
+                           f"device runs {', '.join(profile.device_precisions)}; pick one of "
+                           "those or another --profile")
+    data = profile.to_dict()
+    data["precision"] = precision
+    return profile_from_dict(data, source=f"{profile.name} with {precision} engines")

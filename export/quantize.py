@@ -7,7 +7,9 @@
   ``onnxruntime-gpu~=1.24`` and ``onnx 1.21`` and pulls cupy, which would downgrade the
   runtime everything else uses) and runs on any CPU; for a CNN of Conv / Relu / pool / Gemm
   both give a full fp16 graph.
-- **INT8** (:func:`quantize_int8`): ONNX Runtime's ``quantize_static`` in QDQ format,
+- **INT8** (:func:`quantize_int8`): ONNX Runtime's ``quantize_static`` in QDQ format
+  (chosen over ModelOpt's ONNX PTQ on measured accuracy, speed and environment:
+  ``benchmarks/quantizer_compare.py``, docs/export.md "Which int8 quantizer"),
   TensorRT's scheme: symmetric int8 activations (one scale per tensor, zero point 0),
   symmetric per-output-channel int8 weights, Q/DQ on the inputs of every Conv and Gemm
   (and nowhere else: not on their outputs), biases kept float (TensorRT fuses them itself), MinMax ranges from the calibration images

@@ -267,7 +267,7 @@ def _newest_matching(sn: SubnetEntry, env: EngineEnvironment,
         if check_engine_record(rec, env) is None and precision in ("fp32", rec.precision):
             return rec
     raise ManifestError(f"no {precision} TensorRT engine of {sn.id} for this GPU; build one "
-                        f"with a {precision} profile (`mutualnet build-engines`)")
+                        f"with `mutualnet build-engines EXPORT_DIR --precision {precision}`")
 
 
 def _load_tensorrt(manifest: Manifest, index: int, max_batch: int, precision: str = "fp32"

@@ -58,7 +58,7 @@ from .manifest import (
 )
 from .parity import ParityGate, ParityResult, compare
 from .parity_images import ParityImages, as_parity_images, model_inputs, stored_parity_images
-from .profiles import DeployProfile, load_profile, profile_from_dict
+from .profiles import DeployProfile, load_profile, profile_from_dict, with_engine_precision
 
 __all__ = ["BuildReport", "build_engines", "describe", "engine_parity"]
 
@@ -78,12 +78,17 @@ class BuildReport:
         return all(p.passed for p in self.parity.values())
 
 
-def _profile_for(manifest: Manifest, profile: str | DeployProfile | None) -> DeployProfile:
+def _profile_for(manifest: Manifest, profile: str | DeployProfile | None,
+                 precision: str | None = None) -> DeployProfile:
+    """The profile to build with (given, else the manifest's), in ``precision`` if given."""
     if isinstance(profile, DeployProfile):
-        return profile
-    if profile is not None:
-        return load_profile(profile)
-    return profile_from_dict(dict(manifest.profile.data), source=f"{manifest.path} (profile)")
+        prof = profile
+    elif profile is not None:
+        prof = load_profile(profile)
+    else:
+        prof = profile_from_dict(dict(manifest.profile.data),
+                                 source=f"{manifest.path} (profile)")
+    return with_engine_precision(prof, precision)
 
 
 def _progress(total: int, enabled: bool) -> Any:
@@ -148,10 +153,14 @@ def build_engines(manifest_dir: str | os.PathLike[str],
                   parity_data: ParityImages | tuple[np.ndarray | Sequence[np.ndarray],
                                                     np.ndarray | None] | None = None,
                   parity_limit: int = 500, record_only: bool = False,
-                  progress: bool = True) -> BuildReport:
+                  progress: bool = True, precision: str | None = None) -> BuildReport:
     """Write build_engines.sh, build one engine per subnet, record them, run engine parity.
 
-    profile: name/path/DeployProfile; default the profile recorded in the manifest.
+    profile: name/path/DeployProfile; default the profile recorded in the manifest (which
+    an export records with the engine precision its ``--precision`` implies).
+    precision: build in this precision instead of the profile's (one its device runs: the
+    AGX Orin DLA's int8 or fp16); int8 and fp16 build the exported ``model.int8.onnx`` /
+    ``model.fp16.onnx`` strongly typed.
     parity_data: held-out images (:class:`ParityImages`, or a tuple of uint8 NHWC images and
     labels or None); default: the ``parity_images.npz`` the export stored (at most
     ``parity_limit`` of them); without either no engine parity is run (the report says so).
@@ -159,7 +168,7 @@ def build_engines(manifest_dir: str | os.PathLike[str],
     Without tensorrt: BackendUnavailableError, after the script is written.
     """
     manifest = load_manifest(manifest_dir, verify_files=False)  # cheap refusals first
-    prof = _profile_for(manifest, profile)
+    prof = _profile_for(manifest, profile, precision)
     if prof.runtime != "tensorrt" or prof.tensorrt_major is None:
         raise ExportUsageError(f"deploy profile {prof.name} targets {prof.runtime}, not "
                                "TensorRT; pass --profile jetson-orin-nano, server-a100, ... ")

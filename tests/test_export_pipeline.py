@@ -300,6 +300,30 @@ def test_engines_without_tensorrt_keeps_export_writes_script_exits_1(
     assert manifest.profile.name == "jetson-orin-nano"
 
 
+@pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed here")
+@pytest.mark.parametrize("precision, onnx, engine", [
+    (None, "model.int8.onnx", "int8"), ("fp16", "model.fp16.onnx", "fp16")])
+def test_dla_export_engines_build_the_int8_files_or_fp16_when_asked(
+        tiny_checkpoint: Path, tmp_path: Path, precision: str | None, onnx: str,
+        engine: str) -> None:
+    """export --engines on the AGX Orin DLA profile: its engines come from each subnet's own
+    Q/DQ model.int8.onnx (the profile's default), strongly typed; with --precision fp16 from
+    model.fp16.onnx, and the manifest records fp16 as the engine precision."""
+    out = tmp_path / "out"
+    extra = ("--precision", precision) if precision else ()
+    r = CliRunner().invoke(cli, ["export", str(tiny_checkpoint), "--pairs", "0.25@20",
+                                 "--profile", "jetson-agx-orin", "--engines", "--out", str(out),
+                                 "--gate", "int8_min_top1_agreement=0", "--gate",
+                                 "int8_max_accuracy_drop_pt=100", *extra, *FAST])
+    assert r.exit_code == 1 and "pip install tensorrt" in r.output, r.output
+    text = (out / "build_engines.sh").read_text()
+    assert f"--onnx=subnets/w0.25-r20/{onnx}" in text and "--stronglyTyped" in text
+    assert f"--saveEngine=engines/jetson-agx-orin/w0.25-r20.{engine}.dla0.plan" in text
+    assert "--useDLACore=0" in text and "--allowGPUFallback" in text
+    assert "--fp16" not in text and "--int8" not in text
+    assert load_manifest(out).profile.data["precision"] == engine
+
+
 def test_engines_needs_a_tensorrt_profile(tiny_checkpoint: Path, tmp_path: Path) -> None:
     r = run(tiny_checkpoint, "--pairs", "0.25@20", "--engines", "--out", tmp_path / "out", *FAST)
     assert r.exit_code == 2 and "--engines needs a TensorRT deploy profile" in r.output

@@ -37,12 +37,13 @@ def test_profile_specifics() -> None:
     assert cpu.runtime == "onnxruntime" and cpu.ort_providers == ("CPUExecutionProvider",)
     agx = load_profile("jetson-agx-orin")
     assert agx.runtime == "tensorrt" and agx.tensorrt_major == 10 and agx.dla_core == 0
-    assert agx.precision == "fp16" and agx.batch_sizes == (1,)      # DLA: static batch
+    assert agx.precision == "int8" and agx.batch_sizes == (1,)      # DLA: static batch
     agx_gpu = load_profile("jetson-agx-orin-gpu")
     assert agx_gpu.dla_core is None and agx_gpu.batch_sizes == (1, 8)
     for name in list_profiles():
         p = load_profile(name)
-        assert p.precision != "int8"
+        assert p.precision in p.device_precisions
+        assert (p.precision == "int8") == (name == "jetson-agx-orin")   # DLA: Q/DQ engines
         if p.dla_core is not None:
             assert p.min_batch == p.opt_batch == p.max_batch
     nano = load_profile("jetson-orin-nano")

@@ -37,20 +37,41 @@ def export_dir(tmp_path: Path) -> Path:
 # ------------------------------------------------------------------ trtexec script
 
 def test_trtexec_script_tensorrt10_dla(export_dir: Path) -> None:
+    """The AGX Orin DLA profile's trtexec lines build each subnet's Q/DQ model.int8.onnx,
+    strongly typed with no precision flag, on DLA core 0 with GPU fallback."""
+    _add_precision_files(export_dir, ("int8",))
     prof = load_profile("jetson-agx-orin")
     text = trtexec_script(load_manifest(export_dir), prof)
     assert text.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in text
-    assert text.count('"$TRTEXEC"') == 4
-    for flag in ("--onnx=subnets/w0.25-r12/model.onnx",
-                 "--saveEngine=engines/jetson-agx-orin/w0.25-r12.fp16.dla0.plan",
+    assert text.count('"$TRTEXEC"') == 4 and text.count("/model.int8.onnx") == 4
+    assert text.count("--stronglyTyped") == 4
+    for flag in ("--onnx=subnets/w0.25-r12/model.int8.onnx",
+                 "--saveEngine=engines/jetson-agx-orin/w0.25-r12.int8.dla0.plan",
                  "--minShapes=input:1x3x12x12", "--optShapes=input:1x3x12x12",
-                 "--maxShapes=input:1x3x12x12", "--fp16",
+                 "--maxShapes=input:1x3x12x12",
                  "--timingCacheFile=engines/jetson-agx-orin/timing.cache",
                  "--memPoolSize=workspace:2048M", "--useDLACore=0", "--allowGPUFallback",
                  "--profilingVerbosity=detailed"):
         assert flag in text, flag
-    assert "--stronglyTyped" not in text and "modelopt" not in text
-    assert "static batch" in text.splitlines()[2]
+    for flag in ("--fp16", "--int8", "--best", "modelopt"):
+        assert flag not in text, flag
+    assert "int8" in text.splitlines()[2] and "static batch" in text.splitlines()[2]
+
+
+def test_trtexec_script_dla_fp16_when_asked(export_dir: Path) -> None:
+    """fp16 on the DLA profile (``--precision fp16``): the exported model.fp16.onnx strongly
+    typed, or, from an export without one, the fp32 ONNX with --fp16 (TensorRT 10)."""
+    from export.profiles import with_engine_precision
+
+    fp16 = with_engine_precision(load_profile("jetson-agx-orin"), "fp16")
+    text = trtexec_script(load_manifest(export_dir), fp16)
+    assert "--onnx=subnets/w0.25-r12/model.onnx" in text and text.count("--fp16") == 4
+    assert "--saveEngine=engines/jetson-agx-orin/w0.25-r12.fp16.dla0.plan" in text
+    assert "--stronglyTyped" not in text and "--useDLACore=0" in text
+    _add_precision_files(export_dir, ("fp16",))
+    text = trtexec_script(load_manifest(export_dir), fp16)
+    assert text.count("/model.fp16.onnx") == 4 and text.count("--stronglyTyped") == 4
+    assert "--fp16" not in text and "--allowGPUFallback" in text
 
 
 def test_dla_with_dynamic_batch_and_int8_are_refused_by_script_and_builder(
@@ -93,7 +114,7 @@ def test_trtexec_script_tensorrt11_strongly_typed(export_dir: Path) -> None:
 
 def test_engine_relpath() -> None:
     assert engine_relpath(load_profile("jetson-agx-orin"), "w0.50-r160") == \
-        "engines/jetson-agx-orin/w0.50-r160.fp16.dla0.plan"
+        "engines/jetson-agx-orin/w0.50-r160.int8.dla0.plan"
     assert engine_relpath(load_profile("server-a100"), "w1.00-r224") == \
         "engines/server-a100/w1.00-r224.fp16.plan"
 
@@ -370,17 +391,20 @@ def _fake_tensorrt(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
 
 def test_build_engines_runs_parity_on_the_stored_images_by_default(
         export_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _add_precision_files(export_dir, ("int8",))
     _store_parity_images(export_dir, n=40)
-    _fake_tensorrt(monkeypatch)
+    built = _fake_tensorrt(monkeypatch)
     res = CliRunner().invoke(cli, ["build-engines", str(export_dir), "--profile",
                                    "jetson-agx-orin", "--parity-images", "30"])
     assert res.exit_code == 0, res.output
     assert "engine parity on 30 held-out images from parity_images.npz" in res.output
     assert res.output.count("PASS agreement 1.0000") == 4
+    assert built == [("model.int8.onnx", True)] * 4     # the DLA builds the int8 files
     m = load_manifest(export_dir)            # engines and parity images verified
     for sn in m.subnets:
         rec = sn.engines[-1]
-        assert rec.precision == rec.precision_requested == "fp16"
+        assert rec.precision == rec.precision_requested == "int8"
+        assert rec.path.endswith(".int8.dla0.plan")
         assert rec.layer_precisions == {"fp16": 5, "fp32": 1}
         assert rec.dla_core == 0 and rec.gpu_fallback is True
         assert (rec.min_batch, rec.opt_batch, rec.max_batch) == (1, 1, 1)
@@ -698,9 +722,12 @@ def test_build_survives_get_timing_cache_returning_none(tmp_path: Path) -> None:
     onnx_path.write_bytes(b"onnx")
     cache.write_bytes(b"from another GPU")
     builder = _FakeBuilder(cache=None)
+    from export.profiles import with_engine_precision
+
+    fp16_dla = with_engine_precision(load_profile("jetson-agx-orin"), "fp16")
     with pytest.warns(UserWarning, match="no timing cache"):
-        build_one(_fake_builder_trt(builder), 10, onnx_path, engine, cache,
-                  load_profile("jetson-agx-orin"), "input", 16)
+        build_one(_fake_builder_trt(builder), 10, onnx_path, engine, cache, fp16_dla,
+                  "input", 16)
     assert engine.read_bytes() == b"engine" and cache.read_bytes() == b"from another GPU"
     assert builder.flags == ["fp16", "gpu_fallback"]
 
@@ -778,34 +805,54 @@ def test_int8_script_builds_the_qdq_onnx_strongly_typed(export_dir: Path, major:
 
 def test_dla_int8_and_fp16_files_build_strongly_typed_with_the_fakes(
         export_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The AGX Orin DLA profile builds the exported int8 files (TensorRT 10, strongly typed,
-    no precision flag); an fp16 profile uses model.fp16.onnx the same way."""
-    import dataclasses
-
+    """The AGX Orin DLA profile builds the exported int8 files by default (TensorRT 10,
+    strongly typed, no precision flag); --precision fp16 builds model.fp16.onnx the same way,
+    as an fp16 GPU profile does."""
     from export.tensorrt_build import build_engines
 
     _add_precision_files(export_dir)
     built = _fake_tensorrt(monkeypatch)
-    agx = dataclasses.replace(load_profile("jetson-agx-orin"), precision="int8")
-    report = build_engines(export_dir, agx, progress=False)
+    report = build_engines(export_dir, "jetson-agx-orin", progress=False)
     assert built == [("model.int8.onnx", True)] * 4
     m = load_manifest(export_dir)
     assert all(sn.engines[-1].precision == "int8" and sn.engines[-1].dla_core == 0
-               for sn in m.subnets)
+               and sn.engines[-1].gpu_fallback for sn in m.subnets)
     assert report.passed and "--useDLACore=0" in report.script.read_text()
+    built.clear()
+    res = CliRunner().invoke(cli, ["build-engines", str(export_dir), "--profile",
+                                   "jetson-agx-orin", "--precision", "fp16", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert built == [("model.fp16.onnx", True)] * 4
+    recs = [sn.engines[-1] for sn in load_manifest(export_dir).subnets]
+    assert all(r.precision == "fp16" and r.path.endswith(".fp16.dla0.plan") for r in recs)
     built.clear()
     build_engines(export_dir, "jetson-orin-nano", progress=False)
     assert built == [("model.fp16.onnx", True)] * 4
 
 
-def test_int8_engines_need_the_qdq_onnx(export_dir: Path) -> None:
-    import dataclasses
+def test_build_engines_precision_the_device_cannot_run_is_exit_2(
+        export_dir: Path, tmp_path: Path) -> None:
+    """build-engines --precision fp32 on the DLA (fp16 / int8 only), or int8 on a profile
+    whose device lacks it: exit 2, one line, nothing written."""
+    prof = tmp_path / "pascal.yml"
+    prof.write_text("name: pascal\nruntime: tensorrt\ntensorrt_major: 10\nprecision: fp16\n"
+                    "device_precisions: [fp32, fp16]\nprecisions: [fp32]\n")
+    before = (export_dir / "manifest.json").read_bytes()
+    for profile, precision, message in (("jetson-agx-orin", "fp32", "cannot run fp32 engines"),
+                                        (str(prof), "int8", "pascal cannot run int8 engines")):
+        res = CliRunner().invoke(cli, ["build-engines", str(export_dir), "--profile", profile,
+                                       "--precision", precision])
+        assert res.exit_code == 2 and message in res.output, res.output
+        assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+    assert not (export_dir / "build_engines.sh").exists()
+    assert (export_dir / "manifest.json").read_bytes() == before
 
+
+def test_int8_engines_need_the_qdq_onnx(export_dir: Path) -> None:
     from export.tensorrt_build import build_engines
 
-    prof = dataclasses.replace(load_profile("jetson-agx-orin"), precision="int8")
     with pytest.raises(ExportUsageError, match="re-export with --precision int8"):
-        build_engines(export_dir, prof, progress=False)
+        build_engines(export_dir, "jetson-agx-orin", progress=False)
     assert not (export_dir / "build_engines.sh").exists()
 
 

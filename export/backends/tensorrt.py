@@ -3,9 +3,13 @@
 Running: all engines of a runtime share one ``IRuntime``, one CUDA stream and one device
 activation buffer (sized for the largest engine, ``USER_MANAGED`` allocation), so enqueues are
 serialized under one lock; inputs and outputs live in per-engine device buffers sized for the
-largest batch. Building: FP16 through ``BuilderFlag.FP16`` on TensorRT 10; TensorRT 11 is
-strongly typed, so FP16 comes from converting the ONNX (ModelOpt AutoCast, else
-onnxconverter-common). ``build_engines.sh`` holds the equivalent ``trtexec`` lines.
+largest batch. Building: INT8 and FP16 from the exported ``model.int8.onnx`` (Q/DQ) and
+``model.fp16.onnx``, strongly typed on TensorRT 10 and 11 with no precision flag ("use
+explicit quantization with strong typing", TensorRT's guide), the DLA profile included
+(default device DLA, ``GPU_FALLBACK`` for what the DLA cannot run); an fp16 engine from an
+export without ``model.fp16.onnx`` uses ``BuilderFlag.FP16`` on 10 and a converted ONNX on
+11 (which is always strongly typed). ``build_engines.sh`` holds the equivalent ``trtexec``
+lines.
 
 tensorrt and cuda-python are imported lazily; without them BackendUnavailableError says how
 to install them. Torch-free.
@@ -393,7 +397,8 @@ def typed_onnx(profile: DeployProfile, sn: SubnetEntry) -> FileRecord | None:
     rec = sn.onnx_for(profile.precision)
     if rec is None and profile.precision == "int8":
         raise ExportUsageError(f"int8 engines need the Q/DQ ONNX of every subnet, and {sn.id} "
-                               "has none (model.int8.onnx); re-export with --precision int8")
+                               "has none (model.int8.onnx); re-export with --precision int8, "
+                               "or build engines of another precision (--precision fp16)")
     return rec
 
 

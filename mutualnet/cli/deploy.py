@@ -89,10 +89,14 @@ def verify_cmd(directory: Path) -> None:
               help="At most this many held-out images for engine parity.")
 @click.option("--record-only", is_flag=True,
               help="Do not build: record engines that build_engines.sh already wrote.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+              help="Engine precision, one the profile's device runs [default: the profile's, "
+                   "as the export recorded it]; int8 and fp16 build the exported "
+                   "model.int8.onnx / model.fp16.onnx strongly typed.")
 @PROGRESS
 def build_engines_cmd(export_dir: Path, profile: str | None, timing_cache: Path | None,
                       images: Path | None, parity_images: int, record_only: bool,
-                      progress: bool) -> None:
+                      precision: str | None, progress: bool) -> None:
     """Build one TensorRT engine per subnet of EXPORT_DIR (TensorRT 10 or 11), record them.
 
     Always writes build_engines.sh (equivalent trtexec lines) first; without the tensorrt
@@ -103,13 +107,14 @@ def build_engines_cmd(export_dir: Path, profile: str | None, timing_cache: Path 
 
     data = read_parity_images(images, parity_images) if images is not None else None
     build_and_report(export_dir, profile, timing_cache=timing_cache, parity_data=data,
-                     parity_limit=parity_images, record_only=record_only, progress=progress)
+                     parity_limit=parity_images, record_only=record_only, progress=progress,
+                     precision=precision)
 
 
 def build_and_report(export_dir: Path, profile: str | None, *,
                      timing_cache: Path | None = None, parity_data: Any = None,
                      parity_limit: int = 500, record_only: bool = False,
-                     progress: bool = True) -> None:
+                     progress: bool = True, precision: str | None = None) -> None:
     """``build-engines`` after the arguments are parsed (``export --engines`` reuses it).
 
     parity_data: ParityImages (or (images, labels)); None = the export's stored images."""
@@ -119,7 +124,8 @@ def build_and_report(export_dir: Path, profile: str | None, *,
     with _warnings_to_stderr():
         report = build_engines(export_dir, profile, timing_cache=timing_cache,
                                parity_data=parity_data, parity_limit=parity_limit,
-                               record_only=record_only, progress=progress)
+                               record_only=record_only, progress=progress,
+                               precision=precision)
     click.echo(f"wrote {report.script}")
     if report.parity_source is not None:
         n = next(iter(report.parity.values())).images if report.parity else 0

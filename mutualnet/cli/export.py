@@ -194,7 +194,9 @@ def _report(report: Any, engines: bool, shared: dict[str, Any]) -> None:
     if engines:
         from .deploy import build_and_report
 
-        build_and_report(report.out_dir, shared["profile"], parity_limit=shared["eval_images"],
+        # the profile the manifest recorded: --gate overrides and the engine precision
+        # that --precision implies (fp16 engines on the DLA profile for --precision fp16)
+        build_and_report(report.out_dir, None, parity_limit=shared["eval_images"],
                          progress=shared["progress"])
 
 
