@@ -38,13 +38,27 @@ def _cli(*args: object) -> object:
     return CliRunner().invoke(cli, [str(a) for a in args])
 
 
+def _batch_profile(tmp_path: Path, batch: int) -> Path:
+    """The cpu profile measured at ``batch``: at batch 1 the tiny subnets cost about the
+    same (call overhead dominates), at 32 their compute separates them."""
+    text = (ROOT / "deploy_profiles" / "cpu.yml").read_text()
+    text = text.replace("name: cpu\n", f"name: cpu-batch{batch}\n")
+    text = text.replace("opt_batch: 1\n", f"opt_batch: {batch}\n")
+    text = text.replace("max_batch: 8\n", f"max_batch: {batch}\n")
+    path = tmp_path / f"cpu-batch{batch}.yml"
+    path.write_text(text)
+    return path
+
+
 def test_auto_4_measured_here_ships_4_non_dominated_points(tiny_checkpoint: Path,
                                                           tmp_path: Path) -> None:
     out = tmp_path / "auto"
-    r = _cli("export", tiny_checkpoint, "--auto", 4, "--duration", 0.3, "--out", out, *FAST)
+    profile = _batch_profile(tmp_path, 32)
+    r = _cli("export", tiny_checkpoint, "--auto", 4, "--duration", 0.3, "--profile", profile,
+             "--out", out, *FAST)
     assert r.exit_code == 0, r.output
     table = read_table(out / CANDIDATES_JSON)
-    assert len(table.rows) == 16 and {m.batch for m in table.rows} == {1}
+    assert len(table.rows) == 16 and {m.batch for m in table.rows} == {32}
     doc = json.loads((out / CANDIDATES_JSON).read_text())["selection"]
     q = quality_of(table.rows)[0]
     chosen = [m for m in table.rows if m.label in doc["chosen"]]
