@@ -197,3 +197,30 @@ def test_every_pair_matches_the_original(spec: object) -> None:
     for p in res.points:
         assert p.channels is None
         assert p.max_abs_diff <= tolerance(p.max_abs_logit), p
+
+
+@needs_refs
+@pytest.mark.parametrize("dataset", ["cifar10", "imagenet1k"])
+def test_one_mutual_step_has_the_originals_gradients(dataset: str) -> None:
+    """Same weights, batch and draws: the gradients our mutual step accumulates before its one
+    optimizer step, and the weights after it (lr, Nesterov, weight-decay scope), are the
+    original train()'s; a wrong subnet list is caught (issue 15)."""
+    from benchmarks.peer.step_grads import mutual_vs_original
+
+    same = mutual_vs_original(dataset=dataset)
+    assert same.tensors == 83
+    assert same.grad_rel <= 1e-6 and same.param_abs <= 1e-6, same
+    wrong = mutual_vs_original(dataset=dataset, perturb=True)
+    assert wrong.grad_rel > 1e-2, wrong
+
+
+@needs_refs
+def test_one_us_net_step_has_the_originals_gradients() -> None:
+    """Our us_net step vs US-Nets' run_one_epoch (sandwich rule, in-place distillation):
+    equal up to float summation order (theirs runs max, min, randoms; ours max, randoms
+    descending, min)."""
+    from benchmarks.peer.step_grads import usnet_vs_original
+
+    same = usnet_vs_original()
+    assert same.grad_rel <= 1e-5 and same.param_abs <= 1e-5, same
+    assert usnet_vs_original(perturb=True).grad_rel > 1e-2
