@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _runs import ForkingCli, copy_run, forking_cli, train_tiny
+from _runs import ForkingCli, copy_run, train_tiny
 from faultkit import assert_clean_failure, snapshot
 
 from export.autoselect import LatencyTable, measured, table_document
@@ -17,11 +16,6 @@ from mutualnet.checkpoint import CHECKPOINT_FILE, sha256_file
 
 FAST = ["--calib-images", "0", "--eval-images", "16", "--no-progress"]
 GRID = [(w, r) for w in (0.25, 0.5, 0.75, 1.0) for r in (32, 28, 24, 20)]
-
-
-@pytest.fixture(scope="module")
-def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForkingCli]:
-    yield from forking_cli(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

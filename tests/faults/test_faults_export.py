@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _runs import ForkingCli, copy_run, forking_cli, hold_lock, train_tiny
+from _runs import ForkingCli, copy_run, hold_lock, train_tiny
 from faultkit import assert_clean_failure, snapshot
 
 from export.manifest import load_manifest
@@ -20,11 +19,6 @@ FAST = ["--calib-images", "0", "--eval-images", "16", "--no-progress"]
 OLD_PAIRS = ["--pairs", "0.25@20"]
 NEW_PAIRS = ["--pairs", "1.0@32"]
 
-
-
-@pytest.fixture(scope="module")
-def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForkingCli]:
-    yield from forking_cli(tmp_path_factory)
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory, cli: ForkingCli) -> tuple[Path, Path]:

@@ -4,7 +4,6 @@ before changed. Kinds marked "issue 12" were not clean before it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,6 @@ from _runs import (
     TINY,
     ForkingCli,
     copy_run,
-    forking_cli,
     hold_lock,
     killed_holder,
     metrics,
@@ -25,10 +23,6 @@ from faultkit import assert_clean_failure, snapshot
 
 from mutualnet.checkpoint import CHECKPOINT_FILE, load_training_state, state_path
 
-
-@pytest.fixture(scope="module")
-def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForkingCli]:
-    yield from forking_cli(tmp_path_factory)
 
 @pytest.fixture(scope="module")
 def run1(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -13,12 +13,11 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from _runs import TINY, ForkingCli, cli_env, forking_cli, metrics
+from _runs import TINY, ForkingCli, cli_env, metrics
 
 from export.manifest import load_manifest
 from mutualnet.checkpoint import CHECKPOINT_FILE, load_training_state
@@ -27,11 +26,6 @@ EPOCHS = ["--set", "num_epochs=3"]  # 2 steps an epoch: 3 saves
 SAVE_POINTS = ["checkpoint.weights-written", "checkpoint.state-written",
                "checkpoint.state-renamed", "checkpoint.committed"]
 FAST = ["--calib-images", "0", "--eval-images", "16", "--no-progress"]
-
-
-@pytest.fixture(scope="module")
-def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForkingCli]:
-    yield from forking_cli(tmp_path_factory)
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
