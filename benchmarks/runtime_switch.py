@@ -118,9 +118,12 @@ def make_export(root: Path) -> Path:
 
 def _write_manifest(root: Path, subnets: list[dict], pre: dict) -> None:
     """A manifest for random-weight MobileNet v1 subnets with preprocessing ``pre``."""
+    from export.graph_identity import graph_record
     from export.manifest import write_manifest
     from export.profiles import load_profile
 
+    for sn in subnets:  # the graph record the runtime checks the ONNX against
+        sn["graph"] = graph_record(root / sn["files"]["onnx"]["path"])
     write_manifest(root, {
         "schema_version": 1, "created": "2026-01-01T00:00:00Z", "generator": "benchmark",
         "model": {"name": "mobilenet_v1", "num_classes": 1000,
