@@ -31,6 +31,8 @@ blocked products (Gather, MatMul) took 2.5x; Pillow's float mode and an ONNX Run
 
 from __future__ import annotations
 
+import ctypes
+import importlib.util
 import os
 import struct
 import threading
@@ -47,8 +49,8 @@ from numpy.lib.stride_tricks import as_strided
 
 from .errors import BackendUnavailableError, ExportError, ExportUsageError
 
-__all__ = ["CACHE_BYTES", "DEFAULT_MAX_PIXELS", "RESIZE_MODES", "preprocess_images",
-           "preprocess_reference", "read_image"]
+__all__ = ["BACKEND_ENV", "CACHE_BYTES", "DEFAULT_MAX_PIXELS", "RESIZE_MODES", "fast_backend",
+           "preprocess_images", "preprocess_reference", "read_image"]
 
 RESIZE_MODES = ("shorter_side", "stretch")
 #: Decoded-pixel cap of :func:`read_image` (width x height), checked before decoding.
@@ -412,6 +414,106 @@ def _fast_one(a: np.ndarray, plan: _Plan, geometry: tuple[int, int, int, int],
         np.add(y[:, :, :resolution], plan.beta, out=dst)
 
 
+# ============================================================================ fast path (C kernel)
+
+#: Set to ``numpy`` to skip the compiled kernel (the numpy + BLAS path runs instead).
+BACKEND_ENV = "MUTUALNET_PREPROCESS"
+_PTR, _INT = ctypes.c_void_p, ctypes.c_int
+_KERNEL_ARGS = [_PTR, _INT, _INT, _INT, _INT, _PTR, _PTR, _INT, _INT, _PTR, _PTR, _INT, _INT,
+                _INT, _INT, _PTR, _PTR, _INT, _PTR, _PTR]
+
+
+@lru_cache(maxsize=1)
+def _kernel() -> Any:
+    """``mn_resample_u8`` of the built ``export/_resample.c`` (None: not built, not loadable)."""
+    try:
+        spec = importlib.util.find_spec(f"{__package__}._resample")
+        if spec is None or not spec.origin:
+            return None
+        fn = ctypes.CDLL(spec.origin).mn_resample_u8
+    except (ImportError, OSError, AttributeError, ValueError):
+        return None
+    fn.argtypes, fn.restype = _KERNEL_ARGS, ctypes.c_int
+    return fn
+
+
+def fast_backend() -> str:
+    """What :func:`preprocess_images` runs on uint8 RGB images: ``"c"`` (the compiled
+    kernel) or ``"numpy"`` (not built, or ``MUTUALNET_PREPROCESS=numpy``)."""
+    if os.environ.get(BACKEND_ENV, "").strip().lower() == "numpy" or _kernel() is None:
+        return "numpy"
+    return "c"
+
+
+def _window(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A composed map as (start int32 (r,), weights float32 (r, K)): output i reads inputs
+    start[i] .. + K (inside the axis; zero weights pad the outputs that read fewer)."""
+    nz = m != 0
+    lo = nz.argmax(axis=1)
+    hi = m.shape[1] - nz[:, ::-1].argmax(axis=1)
+    k = int((hi - lo).max())
+    start = np.minimum(lo, m.shape[1] - k)
+    wts = np.stack([m[i, s:s + k] for i, s in enumerate(start)]).astype(np.float32)
+    return start.astype(np.int32), np.ascontiguousarray(wts)
+
+
+class _Kernel:
+    """Both axes of one (image size, preprocessing, resolution) for the C kernel: the rows'
+    and the columns' windows, and the kept input columns [x0, x1)."""
+
+    def __init__(self, rows: np.ndarray, cols: np.ndarray) -> None:
+        self.row_start, self.row_w = _window(rows)
+        self.col_start, self.col_w = _window(cols)
+        self.x0 = int(self.col_start.min())
+        self.x1 = int(self.col_start.max()) + self.col_w.shape[1]
+        self.args = (self.row_start.ctypes.data, self.row_w.ctypes.data, self.row_w.shape[1],
+                     len(self.row_start), self.col_start.ctypes.data, self.col_w.ctypes.data,
+                     self.col_w.shape[1], len(self.col_start), self.x0, self.x1)
+        self.tmp_size = len(self.row_start) * (self.x1 - self.x0) * 3
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.row_start, self.row_w, self.col_start, self.col_w))
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(n: int) -> np.ndarray:
+    """A float32 buffer of at least ``n`` of this thread (kept: no allocation per image)."""
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is None or buf.size < n:
+        buf = _SCRATCH.buf = np.empty(n, dtype=np.float32)
+    return buf
+
+
+def _kernel_input(img: np.ndarray) -> np.ndarray | None:
+    """``img`` as the kernel reads it (uint8 H x W x 3 or 4, pixels packed; grayscale
+    repeated), None for the numpy path (other dtypes, other layouts)."""
+    a = img if isinstance(img, np.ndarray) else np.asarray(img)
+    if a.dtype == np.uint8 and a.ndim == 2 and min(a.shape) >= 1:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] not in (3, 4) or min(a.shape[:2]) < 1:
+        return None
+    if a.strides[2] != 1 or a.strides[1] != a.shape[2] or a.strides[0] < a.shape[1] * a.shape[2]:
+        return None
+    return a
+
+
+def _c_one(fn: Any, a: np.ndarray, plan: _Plan, resolution: int, dst: np.ndarray) -> None:
+    """One packed uint8 image into ``dst`` (3, r, r), C-contiguous, with the C kernel."""
+    h, w = a.shape[:2]
+    geometry = _crop_geometry(h, w, plan.resize, plan.crop, plan.mode)
+    rh, rw, top, left = geometry
+    k = _CACHE.get(("kernel", h, w, geometry, plan.crop, resolution), lambda: _Kernel(
+        _axis_matrix(h, rh, top, plan.crop, resolution),
+        _axis_matrix(w, rw, left, plan.crop, resolution)))
+    rc = fn(a.ctypes.data, h, w, a.strides[0], a.shape[2], *k.args, plan.alpha.ctypes.data,
+            plan.beta.ctypes.data, plan.bgr, _scratch(k.tmp_size).ctypes.data, dst.ctypes.data)
+    if rc != 0:  # pragma: no cover - the windows are checked to lie inside the image
+        raise RuntimeError(f"resampling kernel refused image {a.shape}")
+
+
 def preprocess_images(images: np.ndarray | Sequence[np.ndarray], pre: dict[str, Any],
                       resolution: int) -> np.ndarray:
     """uint8 HWC images (a NHWC array or a list of any sizes) -> float32 NCHW at ``resolution``.
@@ -427,7 +529,12 @@ def preprocess_images(images: np.ndarray | Sequence[np.ndarray], pre: dict[str, 
     plan = _plan(pre)
     batch = _batch(images)
     out = np.empty((len(batch), 3, resolution, resolution), dtype=np.float32)
+    fn = _kernel() if fast_backend() == "c" else None
     for i, img in enumerate(batch):
+        packed = None if fn is None else _kernel_input(img)
+        if packed is not None:
+            _c_one(fn, packed, plan, resolution, out[i])
+            continue
         a = _as_rgb(img, i, plan.bgr)
         geometry = _crop_geometry(a.shape[0], a.shape[1], plan.resize, plan.crop, plan.mode)
         _fast_one(a, plan, geometry, resolution, out[i])

@@ -1,0 +1,95 @@
+/* Separable resampling of one uint8 HWC image to normalized float32 CHW.
+ *
+ * Plain C, no Python C API: export/preprocess.py loads it with ctypes. The maps are the
+ * composed per-axis maps of export/preprocess.py (resize -> crop -> align-corners resize,
+ * one linear map per axis), each output reading `taps` consecutive inputs from its start
+ * (zero weights pad the shorter ones). Accumulation is in float32, as in the reference.
+ */
+#include <stdint.h>
+
+/* Pass 1, the rows: tmp[o][x - x0][c] = sum_k row_w[o][k] * img[row_start[o] + k][x][c],
+ * over the kept input columns [x0, x1) only; the inner loop runs over (x, c) contiguously. */
+static void rows_pass(const uint8_t *img, int row_stride, int pix, const int32_t *row_start,
+                      const float *row_w, int row_taps, int out_h, int x0, int x1,
+                      float *tmp)
+{
+    const int n = (x1 - x0) * 3;
+    for (int o = 0; o < out_h; o++) {
+        float *restrict t = tmp + (long)o * n;
+        for (int i = 0; i < n; i++)
+            t[i] = 0.0f;
+        for (int k = 0; k < row_taps; k++) {
+            const float wk = row_w[o * row_taps + k];
+            if (wk == 0.0f)
+                continue;
+            const uint8_t *restrict src =
+                img + (long)(row_start[o] + k) * row_stride + (long)x0 * pix;
+            if (pix == 3) {
+                for (int i = 0; i < n; i++)
+                    t[i] += wk * (float)src[i];
+            } else {
+                for (int x = 0; x < x1 - x0; x++)
+                    for (int c = 0; c < 3; c++)
+                        t[x * 3 + c] += wk * (float)src[x * pix + c];
+            }
+        }
+    }
+}
+
+/* Pass 2, the columns: out[c][o][j] = scale[c] * sum_k col_w[j][k] * tmp[o][s_j + k][c]
+ * + shift[c], s_j = col_start[j] - x0; channel c of tmp goes to plane 2 - c with bgr. */
+static void cols_pass(const float *tmp, int tmp_w, int out_h, const int32_t *col_start,
+                      const float *col_w, int col_taps, int out_w, int x0,
+                      const float *scale3, const float *shift3, int bgr, float *out)
+{
+    const long plane = (long)out_h * out_w;
+    const int c0 = bgr ? 2 : 0, c2 = bgr ? 0 : 2;   /* the planes of tmp's channels 0, 2 */
+    const float a0 = scale3[c0], a1 = scale3[1], a2 = scale3[c2];
+    const float b0 = shift3[c0], b1 = shift3[1], b2 = shift3[c2];
+    float *p0 = out + c0 * plane, *p1 = out + plane, *p2 = out + c2 * plane;
+    for (int o = 0; o < out_h; o++) {
+        const float *row = tmp + (long)o * tmp_w * 3;
+        for (int j = 0; j < out_w; j++) {
+            const float *src = row + (long)(col_start[j] - x0) * 3;
+            const float *w = col_w + (long)j * col_taps;
+            float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f;
+            for (int k = 0; k < col_taps; k++) {
+                s0 += w[k] * src[3 * k];
+                s1 += w[k] * src[3 * k + 1];
+                s2 += w[k] * src[3 * k + 2];
+            }
+            long at = (long)o * out_w + j;
+            p0[at] = s0 * a0 + b0;
+            p1[at] = s1 * a1 + b1;
+            p2[at] = s2 * a2 + b2;
+        }
+    }
+}
+
+/* img: h x w pixels of `pix` (3 or 4) bytes, rows `row_stride_bytes` apart, the first three
+ * bytes of a pixel RGB (BGR input: bgr = 1, stored as is, swapped on output). scale3/shift3
+ * are per output channel (RGB order). tmp holds out_h * (x1 - x0) * 3 floats; out_chw 3 *
+ * out_h * out_w. Returns 0, or -1 when a tap would read outside the image. */
+int mn_resample_u8(const uint8_t *img, int h, int w, int row_stride_bytes, int pix,
+                   const int32_t *row_start, const float *row_w, int row_taps, int out_h,
+                   const int32_t *col_start, const float *col_w, int col_taps, int out_w,
+                   int x0, int x1, const float *scale3, const float *shift3, int bgr,
+                   float *tmp, float *out_chw)
+{
+    if (x0 < 0 || x1 > w || x0 >= x1 || (pix != 3 && pix != 4))
+        return -1;
+    for (int o = 0; o < out_h; o++)
+        if (row_start[o] < 0 || row_start[o] + row_taps > h)
+            return -1;
+    for (int j = 0; j < out_w; j++)
+        if (col_start[j] < x0 || col_start[j] + col_taps > x1)
+            return -1;
+    rows_pass(img, row_stride_bytes, pix, row_start, row_w, row_taps, out_h, x0, x1, tmp);
+    cols_pass(tmp, x1 - x0, out_h, col_start, col_w, col_taps, out_w, x0, scale3, shift3,
+              bgr, out_chw);
+    return 0;
+}
+
+/* Lets the linker of a Python extension (which exports PyInit_<name>) build this file; the
+ * library is never imported as a module, only loaded with ctypes. */
+void *PyInit__resample(void) { return 0; }
