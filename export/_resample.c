@@ -37,33 +37,52 @@ static void rows_pass(const uint8_t *img, int row_stride, int pix, const int32_t
 }
 
 /* Pass 2, the columns: out[c][o][j] = scale[c] * sum_k col_w[j][k] * tmp[o][s_j + k][c]
- * + shift[c], s_j = col_start[j] - x0; channel c of tmp goes to plane 2 - c with bgr. */
-static void cols_pass(const float *tmp, int tmp_w, int out_h, const int32_t *col_start,
-                      const float *col_w, int col_taps, int out_w, int x0,
-                      const float *scale3, const float *shift3, int bgr, float *out)
+ * + shift[c], s_j = col_start[j] - x0; channel c of tmp goes to plane 2 - c with bgr.
+ * Inlined per tap count (a constant `taps`: unrolled, the sums kept in registers). */
+static inline __attribute__((always_inline)) void
+cols_pass_k(const float *tmp, int tmp_w, int out_h, const int32_t *col_start,
+            const float *col_w, const int taps, int out_w, int x0, const float *a,
+            const float *b, int c0, int c2, float *out)
 {
     const long plane = (long)out_h * out_w;
-    const int c0 = bgr ? 2 : 0, c2 = bgr ? 0 : 2;   /* the planes of tmp's channels 0, 2 */
-    const float a0 = scale3[c0], a1 = scale3[1], a2 = scale3[c2];
-    const float b0 = shift3[c0], b1 = shift3[1], b2 = shift3[c2];
     float *p0 = out + c0 * plane, *p1 = out + plane, *p2 = out + c2 * plane;
     for (int o = 0; o < out_h; o++) {
-        const float *row = tmp + (long)o * tmp_w * 3;
+        const float *row = tmp + (long)o * tmp_w * 3 - (long)x0 * 3;
         for (int j = 0; j < out_w; j++) {
-            const float *src = row + (long)(col_start[j] - x0) * 3;
-            const float *w = col_w + (long)j * col_taps;
+            const float *src = row + (long)col_start[j] * 3;
+            const float *w = col_w + (long)j * taps;
             float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f;
-            for (int k = 0; k < col_taps; k++) {
+            for (int k = 0; k < taps; k++) {
                 s0 += w[k] * src[3 * k];
                 s1 += w[k] * src[3 * k + 1];
                 s2 += w[k] * src[3 * k + 2];
             }
             long at = (long)o * out_w + j;
-            p0[at] = s0 * a0 + b0;
-            p1[at] = s1 * a1 + b1;
-            p2[at] = s2 * a2 + b2;
+            p0[at] = s0 * a[0] + b[0];
+            p1[at] = s1 * a[1] + b[1];
+            p2[at] = s2 * a[2] + b[2];
         }
     }
+}
+
+static void cols_pass(const float *tmp, int tmp_w, int out_h, const int32_t *col_start,
+                      const float *col_w, int col_taps, int out_w, int x0,
+                      const float *scale3, const float *shift3, int bgr, float *out)
+{
+    const int c0 = bgr ? 2 : 0, c2 = bgr ? 0 : 2;   /* the planes of tmp's channels 0, 2 */
+    const float a[3] = {scale3[c0], scale3[1], scale3[c2]};
+    const float b[3] = {shift3[c0], shift3[1], shift3[c2]};
+#define MN_TAPS(K) cols_pass_k(tmp, tmp_w, out_h, col_start, col_w, K, out_w, x0, a, b, \
+                               c0, c2, out)
+    switch (col_taps) {
+    case 2: MN_TAPS(2); break;
+    case 3: MN_TAPS(3); break;
+    case 4: MN_TAPS(4); break;
+    case 5: MN_TAPS(5); break;
+    case 6: MN_TAPS(6); break;
+    default: MN_TAPS(col_taps); break;
+    }
+#undef MN_TAPS
 }
 
 /* img: h x w pixels of `pix` (3 or 4) bytes, rows `row_stride_bytes` apart, the first three
