@@ -38,8 +38,8 @@ alone, and the same inside a request (within noise); an ONNX Runtime graph of th
 blocked products (Gather, MatMul) took 2.5x; Pillow's float mode and an ONNX Runtime Resize
 (antialias) graph were measured slower before. The numpy + BLAS path is bound by its many
 small BLAS calls and by the ONNX Runtime run evicting its data from the caches. On a 224 px
-image at 128 px the C kernel took 0.20 / 0.24 ms (resize 256 + crop 224 / stretch) against
-the numpy + BLAS path's 0.98 / 1.09 ms (minima, interleaved in one process, 2 busy cores).
+image at 128 px the C kernel took 0.19 / 0.23 ms (resize 256 + crop 224 / stretch) against
+the numpy + BLAS path's 1.0 ms (minima, interleaved in one process, 2 busy cores).
 
 :func:`read_image` decodes one file to uint8 RGB with a pixel cap checked from the header.
 """
