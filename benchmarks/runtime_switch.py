@@ -378,20 +378,27 @@ def overhead_section(reps: int) -> str:
             "of the longer calls are inflated by preemption (a request longer than the "
             "scheduler's slice waits a whole slice more), so the minima are the figure to "
             f"read. Load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the "
-            "end. `infer` uses export.preprocess (numpy + BLAS); the numpy columns are the "
+            f"end. `infer` uses export.preprocess ({_backend()}); the numpy columns are the "
             "tap-by-tap numpy reference (`preprocess_reference` + `infer_tensor`). Goal "
             "(issue 13): `infer` at most 1.25x raw for 0.25-128, `infer_tensor` at most "
             "1.05x. What `infer` adds is the float32 resampling itself: parity with the "
             "training side (2e-5) rules out resizing uint8 images (library uint8 resizes "
             "round to whole grey levels, about 1e-2 after normalization). Both cases run the "
-            "same blocked path: the rows each block of 4 outputs reads (and only the columns "
-            "the crop keeps) gathered from the uint8 image and converted once, one batched "
-            "BLAS product for the rows, a planar copy that scales by the normalization, one "
-            "product per block of 8 output columns for all three channels.\n\n"
+            "same path: the composed per-axis maps (a few taps per output), the rows from "
+            "the uint8 image over only the columns the crop keeps, then the columns, written "
+            "planar with the normalization folded in.\n\n"
             + markdown_table(["subnet", "preprocessing", "raw run", "infer_tensor",
                               "infer", "preprocess alone", "infer, numpy", "numpy "
                               "preprocess alone", "infer_tensor / raw", "infer / raw",
                               "infer (numpy) / raw", "reps"], rows))
+
+
+def _backend() -> str:
+    from export.preprocess import fast_backend
+
+    return {"c": "its compiled kernel, export/_resample.c",
+            "numpy": "numpy + BLAS: the compiled kernel is not built or is switched off"
+            }[fast_backend()]
 
 
 def _overhead_row(sid: str, label: str, t: dict[str, list[float]]) -> list[object]:

@@ -1,8 +1,10 @@
-"""export.preprocess: the evaluation transform (library path and numpy reference against the
-training side) and image decoding (modes, bit depths, the pixel cap, bad files)."""
+"""export.preprocess: the evaluation transform (the C kernel, the numpy + BLAS path and the
+numpy reference against the training side) and image decoding (modes, bit depths, the pixel
+cap, bad files)."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,6 +19,8 @@ from image_files import write_huge_png, write_png16  # noqa: E402
 from export import preprocess  # noqa: E402
 from export.errors import ExportUsageError  # noqa: E402
 from export.preprocess import (  # noqa: E402
+    BACKEND_ENV,
+    fast_backend,
     preprocess_images,
     preprocess_reference,
     read_image,
@@ -26,8 +30,25 @@ PRE = {"resize": None, "crop": 16, "mean": [0.485, 0.456, 0.406], "std": [0.229,
        "channel_order": "RGB", "input_scale": 255.0}
 
 
-IMPLS = [preprocess_images, preprocess_reference]
-IDS = ["fast", "numpy"]
+def preprocess_blas(images, pre: dict, resolution: int) -> np.ndarray:
+    """:func:`preprocess_images` with the C kernel switched off (the numpy + BLAS path)."""
+    old = os.environ.get(BACKEND_ENV)
+    os.environ[BACKEND_ENV] = "numpy"
+    try:
+        return preprocess_images(images, pre, resolution)
+    finally:
+        if old is None:
+            del os.environ[BACKEND_ENV]
+        else:
+            os.environ[BACKEND_ENV] = old
+
+
+IMPLS = [preprocess_images, preprocess_blas, preprocess_reference]
+IDS = ["fast", "blas", "numpy"]
+#: the C kernel's tests need it built (`pip install -e .` compiles export/_resample.c)
+needs_kernel = pytest.mark.skipif(
+    fast_backend() != "c", reason="export/_resample.c is not built (pip install -e . builds it)"
+    if preprocess._kernel() is None else f"{BACKEND_ENV}=numpy is set")
 
 
 def _img(h: int, w: int, seed: int = 1) -> np.ndarray:
@@ -179,6 +200,77 @@ def test_batches_equal_the_reference_image_by_image(shape, pre, res) -> None:
     np.testing.assert_allclose(out, preprocess_reference(batch, pre, res), atol=2e-5, rtol=0)
     for i in range(3):
         np.testing.assert_array_equal(out[i], preprocess_images(batch[i], pre, res)[0])
+
+
+C_CASES = [
+    ((224, 224), dict(PRE, resize=256, crop=224), 128, 1),                        # crop
+    ((224, 224), dict(PRE, resize=128, crop=128, resize_mode="stretch"), 128, 1),  # stretch
+    ((31, 45), dict(PRE, resize=20, crop=17), 13, 1),                             # odd sizes
+    ((20, 20), dict(PRE, resize=None, crop=20), 29, 1),                           # upscale
+    ((300, 211), dict(PRE, resize=256, crop=224, channel_order="BGR"), 224, 1),   # BGR
+    ((57, 40), dict(PRE, resize=32, crop=30, resize_mode="stretch"), 24, 3),      # batch 3
+]
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape, pre, res, n", C_CASES,
+                         ids=["crop", "stretch", "odd", "upscale", "bgr", "batch3"])
+def test_the_c_kernel_equals_the_reference(shape, pre, res, n, monkeypatch) -> None:
+    """The kernel runs (the numpy + BLAS path is not called) and is within the parity
+    tolerance of the numpy reference, on packed images and on views (crops, RGBA)."""
+    monkeypatch.setattr(preprocess, "_fast_one", _never)
+    batch = np.stack([_img(*shape, seed=s) for s in range(n)])
+    np.testing.assert_allclose(preprocess_images(batch, pre, res),
+                               preprocess_reference(batch, pre, res), atol=2e-5, rtol=0)
+    big = _img(shape[0] + 3, shape[1] + 5)
+    rgba = np.concatenate([big, big[:, :, :1]], axis=2)
+    view = rgba[2:2 + shape[0], 1:1 + shape[1]]
+    np.testing.assert_allclose(preprocess_images(view, pre, res),
+                               preprocess_reference(view, pre, res), atol=2e-5, rtol=0)
+
+
+def _never(*args, **kwargs) -> None:
+    raise AssertionError("the numpy + BLAS path ran instead of the C kernel")
+
+
+@needs_kernel
+def test_layouts_the_kernel_does_not_read_take_the_numpy_path() -> None:
+    """Float, channel-reversed and column-major images go to the numpy + BLAS path; results
+    agree either way."""
+    img = _img(40, 33)
+    for other in (img.astype(np.float32), img[:, :, ::-1], np.asfortranarray(img)):
+        assert preprocess._kernel_input(other) is None
+        np.testing.assert_allclose(preprocess_images(other, PRE, 12),
+                                   preprocess_reference(other, PRE, 12), atol=2e-5, rtol=0)
+
+
+def test_the_numpy_path_runs_when_asked_or_when_the_kernel_is_missing(monkeypatch) -> None:
+    """MUTUALNET_PREPROCESS=numpy, or no loadable library: the numpy + BLAS path, the same
+    result within tolerance."""
+    img, pre = _img(64, 48), dict(PRE, resize=40, crop=32)
+    ref = preprocess_reference(img, pre, 24)
+    monkeypatch.setattr(preprocess, "_c_one", _never)
+    monkeypatch.setenv(BACKEND_ENV, "numpy")
+    assert fast_backend() == "numpy"
+    np.testing.assert_allclose(preprocess_images(img, pre, 24), ref, atol=2e-5, rtol=0)
+    monkeypatch.delenv(BACKEND_ENV)
+    monkeypatch.setattr(preprocess, "_kernel", lambda: None)
+    assert fast_backend() == "numpy"
+    np.testing.assert_allclose(preprocess_images(img, pre, 24), ref, atol=2e-5, rtol=0)
+
+
+def test_an_unloadable_library_is_no_kernel(monkeypatch, tmp_path: Path) -> None:
+    """A file that is no shared library where the extension should be: no kernel, no error."""
+    import importlib.machinery
+    import importlib.util
+
+    bad = tmp_path / "_resample.so"
+    bad.write_bytes(b"not a library")
+    spec = importlib.machinery.ModuleSpec("export._resample", None, origin=str(bad))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: spec)
+    assert preprocess._kernel.__wrapped__() is None
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert preprocess._kernel.__wrapped__() is None
 
 
 def test_the_cache_is_bounded_by_bytes() -> None:
