@@ -32,6 +32,15 @@ def train_tiny(out: Path, epochs: int = 1, stop_after: int | None = None) -> Pat
     return out
 
 
+def run_and_export(root: Path, cli: ForkingCli, pairs: str, *flags: str) -> tuple[Path, Path]:
+    """A tiny 1-epoch run under ``root`` and its export of ``pairs`` (``--pairs`` syntax) to
+    ``root/deploy``: a fault module's shared base, which its tests copy before changing."""
+    run = train_tiny(root / "run", epochs=1)
+    res = cli(["export", run, "--out", root / "deploy", "--pairs", pairs, *flags], cwd=root)
+    assert res.code == 0, res.stderr
+    return run, root / "deploy"
+
+
 def copy_run(run: Path, dest: Path) -> Path:
     shutil.copytree(run, dest)
     return dest

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from _runs import ForkingCli, copy_run, train_tiny
+from _runs import ForkingCli, copy_run, run_and_export
 from faultkit import assert_clean_failure, snapshot
 
 from export.autoselect import LatencyTable, measured, table_document
@@ -21,12 +21,7 @@ GRID = [(w, r) for w in (0.25, 0.5, 0.75, 1.0) for r in (32, 28, 24, 20)]
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory, cli: ForkingCli) -> tuple[Path, Path]:
     """(a tiny run, an export of two of its subnets)."""
-    root = tmp_path_factory.mktemp("faults_auto")
-    run = train_tiny(root / "run", epochs=1)
-    r = cli(["export", run, "--out", root / "deploy", "--pairs", "0.25@20,1.0@32", *FAST],
-            cwd=root)
-    assert r.code == 0, r.stderr
-    return run, root / "deploy"
+    return run_and_export(tmp_path_factory.mktemp("faults_auto"), cli, "0.25@20,1.0@32", *FAST)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from _runs import ForkingCli, copy_run, hold_lock, train_tiny
+from _runs import ForkingCli, copy_run, hold_lock, run_and_export
 from faultkit import assert_clean_failure, snapshot
 
 from export.manifest import load_manifest
@@ -23,11 +23,7 @@ NEW_PAIRS = ["--pairs", "1.0@32"]
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory, cli: ForkingCli) -> tuple[Path, Path]:
     """(a tiny run, an export of it with OLD_PAIRS); tests copy them before changing them."""
-    root = tmp_path_factory.mktemp("faults_export")
-    run = train_tiny(root / "run", epochs=1)
-    r = cli(["export", run, "--out", root / "deploy", *OLD_PAIRS, *FAST], cwd=root)
-    assert r.code == 0, r.stderr
-    return run, root / "deploy"
+    return run_and_export(tmp_path_factory.mktemp("faults_export"), cli, OLD_PAIRS[1], *FAST)
 
 
 @pytest.fixture
